@@ -1,0 +1,10 @@
+"""Operations with interchangeable backends."""
+
+from vim_jax.ops.selective_scan import (
+    list_backends,
+    register_backend,
+    selective_scan,
+    selective_scan_bidirectional,
+)
+
+__all__ = ["list_backends", "register_backend", "selective_scan", "selective_scan_bidirectional"]

@@ -1,0 +1,169 @@
+"""The selective scan: one public function, interchangeable backends.
+
+A backend is a module with `selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+reverse)` and, optionally, a fused `selective_scan_bidirectional(u, delta, A, B, C, D, z,
+delta_bias, delta_softplus, out_scale)`. A backend that cannot run here (wrong platform, missing
+package, unsupported shape) raises `NotImplementedError`, at import or at call, and the next one
+is tried. Calls happen at trace time, so the fall-through costs nothing inside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# name -> module implementing it; imported lazily so that CPU installs never import GPU code.
+_BACKENDS = {
+    "reference": "vim_jax.ops.reference",
+    "associative": "vim_jax.ops.associative",
+    "pallas": "pallas_kernels.selective_scan",
+}
+# Fastest first, per platform; `backend=None` walks this list.
+_PREFERENCE = {
+    "gpu": ("pallas", "associative", "reference"),
+    "cpu": ("associative", "reference"),
+}
+_DEFAULT_PREFERENCE = ("associative", "reference")
+
+
+def list_backends() -> tuple[str, ...]:
+    """Names accepted by the `backend` argument."""
+    return tuple(_BACKENDS)
+
+
+def register_backend(name: str, module: str, platforms: Sequence[str] = ()) -> None:
+    """Registers `module` (a dotted path) as backend `name`, preferred first on `platforms`."""
+    _BACKENDS[name] = module
+    for platform in platforms:
+        _PREFERENCE[platform] = (name,) + tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
+
+
+def _candidates(backend: str | Sequence[str] | None) -> tuple[str, ...]:
+    if backend is None:
+        return _PREFERENCE.get(jax.default_backend(), _DEFAULT_PREFERENCE)
+    names = (backend,) if isinstance(backend, str) else tuple(backend)
+    unknown = [n for n in names if n not in _BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown selective-scan backend(s) {unknown}; expected one of {list_backends()}")
+    return names
+
+
+def _load(name: str):
+    try:
+        module = importlib.import_module(_BACKENDS[name])
+    except ImportError as e:
+        raise NotImplementedError(f"backend {name!r} is not importable here: {e}") from e
+    if not hasattr(module, "selective_scan"):
+        raise NotImplementedError(f"backend {name!r} ({_BACKENDS[name]}) defines no selective_scan")
+    return module
+
+
+def _run(backend, entry: str, *args):
+    """Calls `entry` of the first candidate backend that runs; raises if none does."""
+    reasons = []
+    for name in _candidates(backend):
+        try:
+            return getattr(_load(name), entry)(*args)
+        except NotImplementedError as e:
+            reasons.append(f"{name}: {e}")
+    raise NotImplementedError("no selective-scan backend could run: " + "; ".join(reasons))
+
+
+def _check(name, x, shape):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"selective_scan: {name} must be an array, got {type(x).__name__}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"selective_scan: {name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"selective_scan: {name} must be floating point, got {x.dtype}")
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, lead=()):
+    if getattr(u, "ndim", None) != len(lead) + 3:
+        raise ValueError(
+            f"selective_scan: u must be {list(lead) + ['batch', 'length', 'channels']}, "
+            f"got shape {getattr(u, 'shape', None)}")
+    batch, length, channels = u.shape[len(lead):]
+    if getattr(A, "ndim", None) != len(lead) + 2:
+        raise ValueError(f"selective_scan: A must be {list(lead) + ['channels', 'state']}, got shape {getattr(A, 'shape', None)}")
+    state = A.shape[-1]
+    lead = tuple(lead)
+    _check("u", u, lead + (batch, length, channels))
+    _check("delta", delta, lead + (batch, length, channels))
+    _check("A", A, lead + (channels, state))
+    _check("B", B, lead + (batch, length, state))
+    _check("C", C, lead + (batch, length, state))
+    for name, x in (("D", D), ("delta_bias", delta_bias)):
+        if x is not None:
+            _check(name, x, lead + (channels,))
+    if z is not None:
+        _check("z", z, (batch, length, channels))
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                   reverse=False, backend=None):
+    """The selective state-space scan of Mamba, over `[batch, length, channels]` inputs.
+
+    With `delta = softplus(delta + delta_bias)` (softplus when `delta_softplus`), for each channel
+    `c` the state `h_t[c] in R^state` follows
+
+        h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,      h_{-1} = 0
+        y_t = C_t . h_t + D * u_t,           out_t = y_t * silu(z_t)
+
+    from the first token to the last, or from the last to the first when `reverse` (no flipped
+    copies are made). The state is kept in float32 (float64 for float64 inputs).
+
+    Args:
+      u, delta: `[batch, length, channels]`; z (optional gate): same shape.
+      A: `[channels, state]` (negative for a decaying state). B, C: `[batch, length, state]`.
+      D, delta_bias: optional `[channels]`.
+      backend: a name from `list_backends()`, a sequence of names tried in order, or None for the
+        fastest one that runs on this platform.
+
+    Returns:
+      `[batch, length, channels]` in `u`'s dtype.
+    """
+    _validate(u, delta, A, B, C, D, z, delta_bias)
+    return _run(backend, "selective_scan", u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+def selective_scan_bidirectional(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                 delta_softplus=True, out_scale=0.5, backend=None):
+    """Both directions of Vim's mixer in one call: `out_scale * (y_fwd + y_bwd) * silu(z)`.
+
+    Every input but `z` carries a leading axis of size 2: index 0 scans first-to-last, index 1
+    last-to-first (each with its own `A`, `D`, `delta_bias`), over the same token order. `z` is
+    `[batch, length, channels]` and gates both. Backends with a fused kernel run it in one launch;
+    the others run `selective_scan` twice.
+    """
+    _validate(u, delta, A, B, C, D, None, delta_bias, lead=(2,))
+    if z is not None:
+        _check("z", z, u.shape[1:])
+    reasons = []
+    for name in _candidates(backend):
+        try:
+            module = _load(name)
+            fused = getattr(module, "selective_scan_bidirectional", None)
+            if fused is not None:
+                try:
+                    return fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale)
+                except NotImplementedError as e:
+                    reasons.append(f"{name} (fused): {e}")
+            return _two_directions(module, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale)
+        except NotImplementedError as e:
+            reasons.append(f"{name}: {e}")
+    raise NotImplementedError("no selective-scan backend could run: " + "; ".join(reasons))
+
+
+def _two_directions(module, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale):
+    def one(k):
+        pick = lambda x: None if x is None else x[k]
+        return module.selective_scan(u[k], delta[k], A[k], B[k], C[k], pick(D), None, pick(delta_bias),
+                                     delta_softplus, k == 1)
+    y = (one(0).astype(jnp.float32) + one(1).astype(jnp.float32)) * out_scale
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(jnp.float32))
+    return y.astype(u.dtype)
