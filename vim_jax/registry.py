@@ -1,0 +1,104 @@
+"""A timm-like model registry: `register_model`, `create_model`, `list_models`.
+
+Models are registered by short name (`vim_small`) with the official long names as aliases, each
+with its config and the evaluation transform its released weights were measured with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from typing import Any, Callable
+
+from flax import nnx
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How a model's released weights were evaluated (the official transform by default)."""
+
+    input_size: int = 224
+    resize_size: int = 256  # shorter side, before the centre crop
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: Any
+    build: Callable[[Any, nnx.Rngs], nnx.Module]
+    aliases: tuple[str, ...] = ()
+    eval_settings: EvalSettings = EvalSettings()
+    description: str = ""
+
+
+_MODELS: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, config, build, *, aliases=(), eval_settings=EvalSettings(), description=""):
+    """Adds a model under `name` (and `aliases`); `build(config, rngs)` returns the NNX module."""
+    for key in (name, *aliases):
+        if key in _MODELS or key in _ALIASES:
+            raise ValueError(f"model name {key!r} is already registered")
+    _MODELS[name] = ModelEntry(name, config, build, tuple(aliases), eval_settings, description)
+    for alias in aliases:
+        _ALIASES[alias] = name
+
+
+def resolve(name: str) -> ModelEntry:
+    """The entry registered under `name` or an alias; unknown names get a message with suggestions."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    key = _ALIASES.get(name, name)
+    if key not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS) + list(_ALIASES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} Known models: {', '.join(list_models())}")
+    return _MODELS[key]
+
+
+def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
+    """Registered model names matching a glob `pattern`, sorted."""
+    names = list(_MODELS) + (list(_ALIASES) if include_aliases else [])
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def get_config(name: str, **overrides):
+    """The registered config of `name` with `overrides` applied (e.g. `img_size=448`)."""
+    config = resolve(name).config
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no field(s) {sorted(unknown)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rngs: nnx.Rngs | None = None,
+                 **overrides) -> nnx.Module:
+    """Builds a registered model, optionally loading weights.
+
+    Args:
+      name: a name from `list_models()` or an official long name.
+      checkpoint: an official `.pth` file (full training dict or bare state dict) or a checkpoint
+        written by `vim-jax convert` / the trainer. Position embeddings are resized when the
+        checkpoint was trained at another image size or stride.
+      seed: seeds `rngs` when none is given (parameters and dropout).
+      **overrides: config fields to change, e.g. `num_classes=10`, `img_size=448`,
+        `dtype="bfloat16"`, `drop_path_rate=0.1`.
+    """
+    entry = resolve(name)
+    config = get_config(name, **overrides)
+    if rngs is None:
+        rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    if checkpoint is None:
+        return entry.build(config, rngs)
+    from vim_jax.convert import load_into  # converters import torch-format readers lazily
+
+    abstract = nnx.eval_shape(lambda: entry.build(config, rngs))
+    return load_into(abstract, checkpoint)
