@@ -75,6 +75,25 @@ def _norm(x, sd, prefix, cfg):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * sd[prefix + ".weight"]
 
 
+def _rope_tables(cfg):
+    """Upstream's VisionRotaryEmbeddingFast(dim=D/2, pt_seq_len=14, ft_seq_len=img//patch)."""
+    dim, ft, pt = cfg.embed_dim // 2, cfg.img_size // cfg.patch_size, cfg.rope_pt_grid
+    freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2)[: dim // 2].double() / dim))
+    freqs = torch.einsum("i,f->if", torch.arange(ft).double() / ft * pt, freqs).repeat_interleave(2, -1)
+    grid = torch.cat([freqs[:, None, :].expand(ft, ft, dim), freqs[None, :, :].expand(ft, ft, dim)], -1)
+    return grid.cos().reshape(-1, 2 * dim), grid.sin().reshape(-1, 2 * dim)
+
+
+def _rope(t, tables):
+    """Upstream applies it to tokens 1: when the length is odd (right for a head class token only)."""
+    cos, sin = tables
+    pairs = t.reshape(*t.shape[:-1], -1, 2)
+    rot = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).reshape(t.shape)
+    if t.shape[1] % 2:
+        return torch.cat([t[:, :1], t[:, 1:] * cos + rot[:, 1:] * sin], 1)
+    return t * cos + rot * sin
+
+
 def _ssm(u, delta, A, B, C, D, z):
     """u, delta, z: [b, l, e]; A: [e, n]; B, C: [b, l, n]. Sequential, first token to last."""
     h = torch.zeros(u.shape[0], u.shape[2], A.shape[1], dtype=u.dtype)
@@ -148,12 +167,23 @@ def official_logits(state_dict: dict[str, np.ndarray], cfg: VimConfig, images_nh
         if cfg.abs_pos_embed:
             x = x + sd["pos_embed"]
         residual, hidden = None, x
+        tables = _rope_tables(cfg) if cfg.rope else None
+
+        def rope(hidden, residual):
+            if tables is None:
+                return hidden, residual
+            if residual is not None and cfg.rope_residual:
+                residual = _rope(residual, tables)
+            return _rope(hidden, tables), residual
+
         if not cfg.bidirectional_layers:
             for i in range(cfg.depth):
+                hidden, residual = rope(hidden, residual)
                 residual = hidden if residual is None else residual + hidden
                 hidden = _mixer(_norm(residual, sd, f"layers.{i}.norm", cfg), sd, i, cfg)
         else:
             for i in range(cfg.depth // 2):
+                hidden, residual = rope(hidden, residual)
                 res_f = hidden if residual is None else residual + hidden
                 h_f = _mixer(_norm(res_f, sd, f"layers.{2 * i}.norm", cfg), sd, 2 * i, cfg)
                 res_b = hidden.flip(1) if residual is None else residual.flip(1) + hidden.flip(1)

@@ -97,7 +97,8 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
     if rngs is None:
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if checkpoint is None:
-        return entry.build(config, rngs)
+        # Compiling the initialisers is faster than running them op by op (24 stacked blocks).
+        return nnx.jit(lambda r: entry.build(config, r))(rngs)
     from vim_jax.convert import load_into  # converters import torch-format readers lazily
 
     abstract = nnx.eval_shape(lambda: entry.build(config, rngs))

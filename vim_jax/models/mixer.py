@@ -79,11 +79,11 @@ class VimMixer(nnx.Module):
         second block of a bidirectional layer pair)."""
         cfg, dtype = self.cfg, h.dtype
         e, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank_
-        xz = h @ self.in_proj.value.astype(dtype)
+        xz = h @ self.in_proj[...].astype(dtype)
         x, z = xz[..., :e], xz[..., e:]
         orders = self.orders(flip)
-        A = -jnp.exp(self.A_log.value)  # [K, E, N] float32
-        w_conv, b_conv = self.conv_kernel.value, self.conv_bias.value
+        A = -jnp.exp(self.A_log[...])  # [K, E, N] float32
+        w_conv, b_conv = self.conv_kernel[...], self.conv_bias[...]
         if cfg.bimamba == "v1":
             # One conv and projection in sequence order, shared by the directions.
             u = jax.nn.silu(depthwise_conv1d(x, w_conv[0], b_conv[0], reverse=False))[None]
@@ -99,8 +99,8 @@ class VimMixer(nnx.Module):
         scale = 1.0 / len(orders) if (cfg.bimamba == "v2" and cfg.divide_out) else 1.0
 
         def project(k, u_k):
-            p = u_k @ self.x_proj.value[own[k]].astype(dtype)
-            delta = p[..., :r] @ self.dt_proj_kernel.value[own[k]].astype(dtype)
+            p = u_k @ self.x_proj[...][own[k]].astype(dtype)
+            delta = p[..., :r] @ self.dt_proj_kernel[...][own[k]].astype(dtype)
             return delta, p[..., r:r + n], p[..., r + n:]
 
         if len(orders) == 2 and all(perm is None for perm, _ in orders) and orders[0][1] != orders[1][1]:
@@ -110,21 +110,21 @@ class VimMixer(nnx.Module):
             stack = lambda i: jnp.stack([p[i] for p in parts])
             own_idx = np.asarray([own[k] for k in idx])
             y = ops.selective_scan_bidirectional(
-                stack(0), stack(1), A[np.asarray(idx)], stack(2), stack(3), D=self.D.value[own_idx], z=z,
-                delta_bias=self.dt_proj_bias.value[own_idx], out_scale=scale, backend=cfg.scan_backend)
+                stack(0), stack(1), A[np.asarray(idx)], stack(2), stack(3), D=self.D[...][own_idx], z=z,
+                delta_bias=self.dt_proj_bias[...][own_idx], out_scale=scale, backend=cfg.scan_backend)
         else:
             y = None
             for k, (perm, rev) in enumerate(orders):
                 delta, B, C = project(k, us[k])
-                yk = ops.selective_scan(us[k], delta, A[k], B, C, D=self.D.value[own[k]], z=zs[k],
-                                        delta_bias=self.dt_proj_bias.value[own[k]], reverse=rev,
+                yk = ops.selective_scan(us[k], delta, A[k], B, C, D=self.D[...][own[k]], z=zs[k],
+                                        delta_bias=self.dt_proj_bias[...][own[k]], reverse=rev,
                                         backend=cfg.scan_backend)
                 yk = _unpermute(yk, perm).astype(jnp.float32)
                 y = yk if y is None else y + yk
             y = (y * scale).astype(dtype)
-        out = y @ self.out_proj.value.astype(dtype)
+        out = y @ self.out_proj[...].astype(dtype)
         if cfg.layer_scale_init is not None:
-            out = out * self.gamma.value.astype(dtype)
+            out = out * self.gamma[...].astype(dtype)
         return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from vim_jax.config import VimConfig
-from vim_jax.models.layers import Norm, PatchEmbed, apply_rope, drop_path, param, rope_tables
+from vim_jax.models.layers import Norm, PatchEmbed, apply_rope, drop_path, param, rope_tables, timm_trunc_normal
 from vim_jax.models.mixer import VimMixer
 
 
@@ -26,12 +26,12 @@ class Block(nnx.Module):
 
 class Head(nnx.Module):
     def __init__(self, dim: int, num_classes: int, *, rngs: nnx.Rngs):
-        init = jax.nn.initializers.truncated_normal(0.02)
+        init = timm_trunc_normal(0.02)
         self.kernel = param(init(rngs.params(), (dim, num_classes)), ("embed", "classes"))
         self.bias = param(jnp.zeros((num_classes,)), ("classes",))
 
     def __call__(self, x):
-        y = x @ self.kernel.value.astype(x.dtype) + self.bias.value.astype(x.dtype)
+        y = x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
         return y.astype(jnp.float32)
 
 
@@ -47,7 +47,7 @@ class VisionMamba(nnx.Module):
     def __init__(self, cfg: VimConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.embed_dim
-        trunc = jax.nn.initializers.truncated_normal(0.02)
+        trunc = timm_trunc_normal(0.02)
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.stride, cfg.in_chans, d, rngs=rngs)
         if cfg.num_cls_tokens:
             self.cls_token = param(trunc(rngs.params(), (1, cfg.num_cls_tokens, d)), (None, None, "embed"))
@@ -93,7 +93,7 @@ class VisionMamba(nnx.Module):
         cfg = self.cfg
         if not cfg.num_cls_tokens:
             return x
-        cls = jnp.broadcast_to(self.cls_token.value.astype(x.dtype), (x.shape[0], cfg.num_cls_tokens, x.shape[-1]))
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], cfg.num_cls_tokens, x.shape[-1]))
         if cfg.cls_token == "head":
             return jnp.concatenate([cls, x], axis=1)
         if cfg.cls_token == "head_tail":
@@ -113,7 +113,7 @@ class VisionMamba(nnx.Module):
         stream_dtype = jnp.float32 if cfg.residual_in_fp32 else dtype
         x = self._insert_cls_tokens(self.patch_embed(images, dtype).astype(stream_dtype))
         if cfg.abs_pos_embed:
-            x = x + self.pos_embed.value.astype(stream_dtype)
+            x = x + self.pos_embed[...].astype(stream_dtype)
         keys = self._keys(cfg.depth + 2)
         if keys is not None and cfg.drop_rate > 0:
             keep = jax.random.bernoulli(keys[-1], 1.0 - cfg.drop_rate, x.shape)
