@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 from vim_jax.config import VimConfig
 
+# The oracle runs many tiny ops; PyTorch's intra-op threads only add overhead to them.
+torch.set_num_threads(1)
+
 
 def _num_cls(cfg):
     return {"none": 0, "head_tail": 2}.get(cfg.cls_token, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import fnmatch
 from typing import Any, Callable
 
@@ -97,9 +98,15 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
     if rngs is None:
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if checkpoint is None:
-        # Compiling the initialisers is faster than running them op by op (24 stacked blocks).
-        return nnx.jit(lambda r: entry.build(config, r))(rngs)
+        return _compiled_builder(entry.build, config)(rngs)
     from vim_jax.convert import load_into  # converters import torch-format readers lazily
 
-    abstract = nnx.eval_shape(lambda: entry.build(config, rngs))
-    return load_into(abstract, checkpoint)
+    abstract = nnx.eval_shape(lambda r: entry.build(config, r), rngs)
+    return load_into(abstract, checkpoint, rngs=rngs)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_builder(build, config):
+    # Compiling the initialisers is faster than running them op by op (24 stacked blocks), and
+    # the compiled builder is reused for every model of the same config.
+    return nnx.jit(lambda rngs: build(config, rngs))
