@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import os
 import tarfile
@@ -31,26 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vim_jax.data.imagenet_labels import tfds_synsets, tfds_validation_synsets
+
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
-
-
-def _tfds_imagenet_file(name: str) -> Path:
-    """A file bundled with the installed tensorflow_datasets, found without importing it."""
-    spec = importlib.util.find_spec("tensorflow_datasets")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("tensorflow_datasets is not installed (pip install tensorflow-datasets)")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "imagenet2012" / name
-
-
-def tfds_synsets() -> list[str]:
-    """The 1000 wnids in TFDS's label order (label i is line i of its labels.txt)."""
-    return _tfds_imagenet_file("labels.txt").read_text().split()
-
-
-def tfds_validation_synsets() -> list[str]:
-    """The validation labels TFDS assigns to ILSVRC2012_val_00000001.JPEG, ... in that order."""
-    return _tfds_imagenet_file("validation_labels.txt").read_text().split()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=FakeImageNetSpec.num_val)
     parser.add_argument("--min-size", type=int, nargs=2, default=FakeImageNetSpec.min_size, metavar=("W", "H"))
     parser.add_argument("--max-size", type=int, nargs=2, default=FakeImageNetSpec.max_size, metavar=("W", "H"))
+    parser.add_argument("--noise-std", type=float, default=FakeImageNetSpec.noise_std,
+                        help="pixel noise; 24 gives ~105 KB per 500x375 JPEG, about ImageNet's average file")
+    parser.add_argument("--quality", type=int, default=FakeImageNetSpec.jpeg_quality)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     summary = write_fake_imagenet(args.manual_dir, FakeImageNetSpec(
         num_classes=args.classes, train_per_class=args.train_per_class, num_val=args.val,
-        min_size=tuple(args.min_size), max_size=tuple(args.max_size), seed=args.seed))
+        min_size=tuple(args.min_size), max_size=tuple(args.max_size), noise_std=args.noise_std,
+        jpeg_quality=args.quality, seed=args.seed))
     print(f"wrote {summary['num_train']} train images in {len(summary['train_synsets'])} synsets and "
           f"{summary['num_val']} validation images to {args.manual_dir}")
 

@@ -210,6 +210,12 @@ class ResumableIterator(abc.ABC):
         if batches is not None and hasattr(batches, "close"):
             batches.close()
 
+    def __enter__(self) -> ResumableIterator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 BatchTransform = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
 

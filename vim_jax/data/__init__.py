@@ -1,0 +1,52 @@
+"""Input pipelines: Fashion-MNIST (numpy), ImageNet via TFDS (tf.data), augmentations, iterators.
+
+Modules (each importable alone; only ``imagenet``, ``transforms`` and ``rand_augment`` need
+TensorFlow, and this package imports none of them until asked):
+
+* ``fashion_mnist``  IDX reader for the Debian ``dataset-fashion-mnist`` files, host/device transforms.
+* ``imagenet``       TFDS ``imagenet2012`` preparation and the resumable tf.data train/eval pipeline.
+* ``transforms``     random-resized crop, flip, normalise, random erasing, eval resize/crop (TF).
+* ``rand_augment``   timm RandAugment (``rand-m9-mstd0.5-inc1``) in TF.
+* ``pil_transforms`` the evaluation transform with PIL for single images (no TF).
+* ``mixup``          Mixup/CutMix + label smoothing in JAX.
+* ``iterators``      seeded sampler (host sharding, repeated augmentation), resumable iterators,
+                     device prefetch.
+* ``imagenet_labels`` ImageNet class names from TFDS wnids + WordNet.
+* ``fake_imagenet``  tiny official-layout ImageNet archives for tests and benchmarks.
+
+The names below resolve lazily, so ``from vim_jax.data import fashion_mnist_iterator`` does not
+import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FashionMnistPreprocess": "fashion_mnist",
+    "load_fashion_mnist": "fashion_mnist",
+    "fashion_mnist_iterator": "fashion_mnist",
+    "fashion_mnist_device_transform": "fashion_mnist",
+    "IndexSampler": "iterators",
+    "ResumableIterator": "iterators",
+    "ArrayIterator": "iterators",
+    "DevicePrefetcher": "iterators",
+    "prefetch_to_device": "iterators",
+    "MixupConfig": "mixup",
+    "mixup_cutmix": "mixup",
+    "eval_transform_pil": "pil_transforms",
+    "imagenet_class_names": "imagenet_labels",
+    "imagenet_wnids": "imagenet_labels",
+    "write_fake_imagenet": "fake_imagenet",
+    "prepare_imagenet": "imagenet",
+    "imagenet_iterator": "imagenet",
+    "TrainTransformConfig": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
