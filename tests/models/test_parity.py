@@ -32,6 +32,7 @@ SWITCHES = [
     {"bimamba": "none"},
     {"bimamba": "none", "bidirectional_layers": True},
     {"bidirectional_layers": True},
+    {"bimamba": "v1", "bidirectional_layers": True},
     {"cls_token": "head"},
     {"cls_token": "head_tail"},
     {"cls_token": "none", "pool": "mean"},

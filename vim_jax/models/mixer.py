@@ -85,9 +85,10 @@ class VimMixer(nnx.Module):
         A = -jnp.exp(self.A_log[...])  # [K, E, N] float32
         w_conv, b_conv = self.conv_kernel[...], self.conv_bias[...]
         if cfg.bimamba == "v1":
-            # One conv and projection in sequence order, shared by the directions.
-            u = jax.nn.silu(depthwise_conv1d(x, w_conv[0], b_conv[0], reverse=False))[None]
-            us = [_permute(u[0], perm) for perm, _ in orders]
+            # One conv, in the first direction's order, and one projection, shared by the directions.
+            perm0, rev0 = orders[0]
+            u = _unpermute(jax.nn.silu(depthwise_conv1d(_permute(x, perm0), w_conv[0], b_conv[0], reverse=rev0)), perm0)
+            us = [_permute(u, perm) for perm, _ in orders]
             zs = [_permute(z, perm) for perm, _ in orders]
             own = [0] * len(orders)
         else:

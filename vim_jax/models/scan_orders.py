@@ -40,7 +40,8 @@ def _split(name: str) -> tuple[str, bool]:
 
 def check_name(name: str) -> None:
     base, _ = _split(name)
-    if base not in _BASE and not _WINDOW.match(base):
+    window = _WINDOW.match(base)
+    if base not in _BASE and not (window and int(window.group(1)) >= 1):
         raise ValueError(f"unknown scan order {name!r}; expected one of {list_orders()} "
                          f"(window<k> for any k, reversed_ before any)")
 

@@ -1,10 +1,11 @@
 """Operations with interchangeable backends."""
 
 from vim_jax.ops.selective_scan import (
+    candidate_backends,
     list_backends,
     register_backend,
     selective_scan,
     selective_scan_bidirectional,
 )
 
-__all__ = ["list_backends", "register_backend", "selective_scan", "selective_scan_bidirectional"]
+__all__ = ["candidate_backends", "list_backends", "register_backend", "selective_scan", "selective_scan_bidirectional"]

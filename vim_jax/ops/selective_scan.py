@@ -21,10 +21,12 @@ _BACKENDS = {
     "associative": "vim_jax.ops.associative",
     "pallas": "pallas_kernels.selective_scan",
 }
-# Fastest first, per platform; `backend=None` walks this list.
+# Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scan is
+# faster (vim_tiny inference 1.07 s vs 3.87 s at batch 4; a small training step 1.2 s vs 1.8 s),
+# at the cost of autodiff memory: pick "associative" for long sequences on CPU.
 _PREFERENCE = {
     "gpu": ("pallas", "associative", "reference"),
-    "cpu": ("associative", "reference"),
+    "cpu": ("reference", "associative"),
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")
 
@@ -41,7 +43,8 @@ def register_backend(name: str, module: str, platforms: Sequence[str] = ()) -> N
         _PREFERENCE[platform] = (name,) + tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
 
 
-def _candidates(backend: str | Sequence[str] | None) -> tuple[str, ...]:
+def candidate_backends(backend: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The backends `backend` stands for, in the order they are tried (None: this platform's)."""
     if backend is None:
         return _PREFERENCE.get(jax.default_backend(), _DEFAULT_PREFERENCE)
     names = (backend,) if isinstance(backend, str) else tuple(backend)
@@ -64,7 +67,7 @@ def _load(name: str):
 def _run(backend, entry: str, *args):
     """Calls `entry` of the first candidate backend that runs; raises if none does."""
     reasons = []
-    for name in _candidates(backend):
+    for name in candidate_backends(backend):
         try:
             return getattr(_load(name), entry)(*args)
         except NotImplementedError as e:
@@ -143,7 +146,7 @@ def selective_scan_bidirectional(u, delta, A, B, C, D=None, z=None, delta_bias=N
     if z is not None:
         _check("z", z, u.shape[1:])
     reasons = []
-    for name in _candidates(backend):
+    for name in candidate_backends(backend):
         try:
             module = _load(name)
             fused = getattr(module, "selective_scan_bidirectional", None)
