@@ -1,0 +1,75 @@
+"""``vim-jax eval --config FILE.py[:arg] --workdir DIR [--split S] [--checkpoint PATH] [--ema]``.
+
+Evaluates a checkpoint on a split of the config's dataset: top-1, top-5 and cross-entropy. By
+default the latest checkpoint of the run in DIR; ``--checkpoint`` takes an official ``.pth`` or a
+checkpoint of ours instead (position embeddings are resized to the config's model). The result
+is printed as JSON and written to ``DIR/eval_<split>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import jax
+import ml_collections
+from flax import nnx
+
+from vim_jax.convert import load_into
+from vim_jax.train import train_state
+from vim_jax.train.checkpoint import Checkpointer
+from vim_jax.train.config_file import accept_overrides, config_from_args
+from vim_jax.train.mesh import batch_sharding, make_mesh
+from vim_jax.train.metrics import log_to_console
+from vim_jax.train.train import evaluate, jit_eval_step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE.py[:ARG]", help="the run's config file")
+    parser.add_argument("--workdir", required=True, metavar="DIR", help="the run's directory")
+    parser.add_argument("--split", default=None, help="dataset split (default: the config's eval_split)")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="an official .pth or a vim_jax checkpoint (default: latest in DIR/checkpoints)")
+    parser.add_argument("--ema", action="store_true", help="evaluate the EMA parameters of the run's checkpoint")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step in DIR (default: latest)")
+    accept_overrides(parser)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, *, checkpoint: str | None = None,
+                        ema: bool = False, step: int | None = None) -> dict[str, float]:
+    """Loads parameters (a run's checkpoint in ``workdir``, or ``checkpoint``) and evaluates them
+    on ``config.dataset.eval_split``."""
+    if config.distributed:
+        jax.distributed.initialize()
+    mesh = make_mesh(config.mesh.to_dict())
+    setup = train_state.model_setup(config, mesh)
+    shardings = setup.state_shardings
+    if checkpoint is not None:
+        model = load_into(setup.abstract_model, checkpoint, which="model_ema" if ema else "model")
+        _, params, rngs = nnx.split(model, nnx.Param, ...)
+        params = train_state.put_global(nnx.to_pure_dict(params), shardings.params)
+        rngs = train_state.put_global(nnx.to_pure_dict(rngs), shardings.rngs)
+    else:
+        checkpointer = Checkpointer(workdir, keep=None, asynchronous=False)
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; pass --checkpoint PATH")
+        params, rngs = checkpointer.restore_params(setup.abstract_state, step=step, ema=ema)
+        checkpointer.close()
+    return evaluate(config, jit_eval_step(setup, mesh), params, rngs, batch_sharding(mesh))
+
+
+def run(args: argparse.Namespace) -> int:
+    log_to_console()
+    config = config_from_args(args)
+    if args.split:
+        config.dataset.eval_split = args.split
+    result = evaluate_checkpoint(config, args.workdir, checkpoint=args.checkpoint, ema=args.ema, step=args.step)
+    result = {"split": config.dataset.eval_split, "checkpoint": args.checkpoint or f"{args.workdir}/checkpoints",
+              "ema": args.ema, "step": args.step, **result}
+    print(json.dumps(result))
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    split_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.eval_split)
+    Path(args.workdir, f"eval_{split_name}.json").write_text(json.dumps(result, indent=2))
+    return 0

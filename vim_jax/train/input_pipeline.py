@@ -1,0 +1,96 @@
+"""The trainer's view of the data: iterators for a config's dataset, and batch-level augmentation.
+
+Datasets (``config.dataset.name``):
+
+* ``fashion_mnist``: numpy only (``vim_jax.data.fashion_mnist``); never imports TensorFlow, so it
+  runs where TF is not installed.
+* ``imagenet2012``: the TFDS builder read by tf.data (``vim_jax.data.imagenet``), imported only
+  when asked for. ``dataset.manual_dir`` (the official tars) is prepared into
+  ``dataset.data_dir`` on first use.
+
+Iterators yield host-local batches (``image``, ``label``, ``mask``) for global steps; their state
+is the step, which the trainer checkpoints. Mixup/CutMix and label smoothing run on device, in the
+train step (:func:`batch_to_targets`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+
+from vim_jax.data import mixup
+from vim_jax.data.iterators import ResumableIterator
+
+DATASETS = ("fashion_mnist", "imagenet2012")
+
+
+def _check_dataset(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"config.dataset.name={name!r}; expected one of {DATASETS}")
+
+
+def _fashion_mnist(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
+                   num_replicas: int) -> ResumableIterator:
+    from vim_jax.data import fashion_mnist
+
+    data = config.dataset
+    spec = fashion_mnist.FashionMnistPreprocess(image_size=data.image_size, channels=data.channels,
+                                                pad=data.crop_padding, flip=data.flip)
+    return fashion_mnist.fashion_mnist_iterator(
+        split, global_batch_size, train=train, seed=config.seed, spec=spec,
+        num_repeats=data.num_repeats if train else 1, num_replicas=num_replicas, data_dir=data.data_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared_imagenet(data_dir: str, manual_dir: str | None) -> None:
+    from vim_jax.data import imagenet
+
+    if manual_dir:
+        imagenet.prepare_imagenet(data_dir, manual_dir)  # a no-op once prepared
+
+
+def _imagenet(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
+              num_replicas: int) -> ResumableIterator:
+    from vim_jax.data import imagenet
+
+    data = config.dataset
+    if not data.data_dir:
+        raise ValueError("set --config.dataset.data_dir to the TFDS data directory (and "
+                         "--config.dataset.manual_dir to the folder of the ILSVRC2012 tars to prepare it)")
+    _prepared_imagenet(data.data_dir, data.manual_dir)
+    return imagenet.imagenet_iterator(
+        data.data_dir, split, global_batch_size, train=train, seed=config.seed, image_size=data.image_size,
+        num_repeats=data.num_repeats if train else 1, num_replicas=num_replicas,
+        rand_augment=data.rand_augment or None, random_erasing=data.random_erasing,
+        eval_crop_pct=data.eval_crop_pct)
+
+
+def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> ResumableIterator:
+    """Host-local batches of ``split``: endless and augmented if ``train``, else one padded pass."""
+    _check_dataset(config.dataset.name)
+    batch = config.global_batch_size if train else config.eval_batch_size
+    # Repeated augmentation deals copies over DeiT's replicas (its GPUs); a fixed count, not the
+    # mesh size, so that the data order does not depend on how the run is sharded.
+    replicas = config.dataset.repeat_replicas
+    build = _fashion_mnist if config.dataset.name == "fashion_mnist" else _imagenet
+    return build(config, split, batch, train=train, num_replicas=replicas)
+
+
+def mixup_config(config: ml_collections.ConfigDict) -> mixup.MixupConfig:
+    aug = config.augment
+    return mixup.MixupConfig(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha, prob=aug.mix_prob,
+                             switch_prob=aug.switch_prob, label_smoothing=aug.label_smoothing,
+                             num_classes=config.dataset.num_classes)
+
+
+def batch_to_targets(config: ml_collections.ConfigDict):
+    """``(key, batch) -> (images, soft targets)``: Mixup/CutMix + label smoothing, jit-able."""
+    mix = mixup_config(config)
+    groups = config.augment.mix_groups
+
+    def apply(key: jax.Array, batch: dict):
+        return mixup.mixup_cutmix(key, batch["image"], batch["label"], mix, num_groups=groups)
+
+    return apply

@@ -1,0 +1,150 @@
+"""Building the model, its optimizer and a sharded :class:`~vim_jax.train.steps.TrainState` from a config.
+
+The parameters are created inside ``jax.jit`` with the state's shardings as output shardings, so
+each device materialises only its shard (and every host of a multi-host run agrees on the
+values, being seeded alike). A pretrained checkpoint (``config.init_from``) replaces the freshly
+initialised parameters; the optimizer moments start at zero either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+import vim_jax
+from vim_jax.convert import load_into, open_pth, orbax_io
+from vim_jax.train import mesh as mesh_lib
+from vim_jax.train import optim
+from vim_jax.train.steps import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
+    """The registered model ``config.model_name`` with the ``config.model`` overrides."""
+    return vim_jax.create_model(config.model_name, seed=config.seed, **config.model.to_dict())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+    """The static half of training: model structure, optimizer, shardings.
+
+    Attributes:
+      train_graphdef / eval_graphdef: the model's structure with dropout/drop path on / off.
+      abstract_model: the model with shapes only (what checkpoint loaders fill).
+      tx: the optimizer's update direction (see ``optim.make_optimizer``).
+      state_shardings: a :class:`TrainState` of NamedShardings.
+      abstract_state: a :class:`TrainState` of ShapeDtypeStructs carrying those shardings.
+      decay_mask: which parameters get weight decay.
+    """
+
+    train_graphdef: nnx.GraphDef
+    eval_graphdef: nnx.GraphDef
+    abstract_model: nnx.Module
+    tx: optax.GradientTransformation
+    state_shardings: Any
+    abstract_state: Any
+    decay_mask: dict
+
+
+def _fresh_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+    """Step 0: new parameters, zero Adam moments, EMA = parameters, the model's fresh RNG streams."""
+    model = create_model(config)
+    _, params, rngs = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params if config.ema_decay else None, rngs=nnx.to_pure_dict(rngs))
+
+
+def model_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> ModelSetup:
+    """Everything about the model and its optimizer that does not depend on parameter values."""
+    abstract_model = nnx.eval_shape(lambda: create_model(config))
+    abstract_model.train()
+    train_graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+    abstract_model.eval()
+    eval_graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+
+    rules = tuple(tuple(rule) for rule in config.sharding_rules)
+    param_shardings = mesh_lib.state_shardings(abstract_params, mesh, rules)
+    decay_mask = optim.weight_decay_mask(nnx.to_pure_dict(abstract_params), mesh_lib.logical_axes_of(abstract_params),
+                                         decay_A_log=config.optim.decay_A_log)
+    tx = optim.make_optimizer(config.optim, decay_mask)
+
+    abstract = jax.eval_shape(lambda: _fresh_state(config, tx))
+    replicated = mesh_lib.replicated(mesh)
+    shardings = TrainState(
+        step=replicated,
+        params=param_shardings,
+        # Adam's moments are laid out like the parameters; counters are replicated.
+        opt_state=optax.tree_map_params(tx, lambda _, sharding: sharding, abstract.opt_state, param_shardings,
+                                        transform_non_params=lambda _: replicated,
+                                        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)),
+        ema_params=param_shardings if config.ema_decay else None,
+        rngs=jax.tree.map(lambda _: replicated, abstract.rngs))
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return ModelSetup(train_graphdef, eval_graphdef, abstract_model, tx, shardings, abstract_state, decay_mask)
+
+
+def init_state(config: ml_collections.ConfigDict, setup: ModelSetup) -> TrainState:
+    """A freshly initialised state, created shard by shard on the devices."""
+    return jax.jit(lambda: _fresh_state(config, setup.tx), out_shardings=setup.state_shardings)()
+
+
+def put_global(tree, shardings):
+    """Host arrays (the same on every host) -> global jax.Arrays laid out by ``shardings``."""
+    def put(value, sharding):
+        value = np.asarray(value)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    return jax.tree.map(put, tree, shardings)
+
+
+def model_metadata(config: ml_collections.ConfigDict, setup: ModelSetup) -> dict:
+    """What checkpoints record about the model (registry name and full VimConfig)."""
+    return orbax_io.model_metadata(setup.abstract_model.cfg, config.model_name)
+
+
+def _checkpoint_num_classes(path: str) -> int | None:
+    """The classifier width of a checkpoint (official .pth or ours), None if it has no head."""
+    if Path(path).is_dir():
+        head = orbax_io.saved_shapes(path).get("head")
+        return None if head is None else head["kernel"].shape[-1]
+    weights = open_pth(path)
+    weights = weights.get("model", weights) if isinstance(weights, dict) else weights
+    head = weights.get("head.weight") if isinstance(weights, dict) else None
+    return None if head is None else head.shape[0]
+
+
+def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, setup: ModelSetup) -> TrainState:
+    """Replaces the parameters (and EMA) by those of ``config.init_from``: an official ``.pth`` or
+    a checkpoint of ours, read by ``vim_jax.convert.load_into`` (which resizes the position
+    embedding to this model's patch grid). A classifier of another width is left out and the
+    freshly initialised one kept, as upstream's ``--finetune`` does."""
+    path = config.init_from
+    ours = setup.abstract_model.cfg.num_classes
+    theirs = _checkpoint_num_classes(path)
+    if theirs == ours:
+        params = nnx.to_pure_dict(nnx.state(load_into(setup.abstract_model, path), nnx.Param))
+        params = put_global(params, setup.state_shardings.params)
+    else:
+        abstract = nnx.eval_shape(lambda: vim_jax.create_model(
+            config.model_name, seed=config.seed, **{**config.model.to_dict(), "num_classes": theirs or 0}))
+        loaded = nnx.to_pure_dict(nnx.state(load_into(abstract, path), nnx.Param))
+        loaded.pop("head", None)
+        shardings = {k: v for k, v in setup.state_shardings.params.items() if k != "head"}
+        fresh_head = {"head": state.params["head"]} if "head" in state.params else {}
+        params = {**put_global(loaded, shardings), **fresh_head}
+        log.info("%s has a %s-class head, the model %d classes: the head starts from scratch", path, theirs, ours)
+    log.info("initialised parameters from %s", path)
+    # The EMA starts from the same values in buffers of its own (the train step donates both).
+    ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
+    return state.replace(params=params, ema_params=ema)
