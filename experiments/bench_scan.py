@@ -1,0 +1,348 @@
+#!/usr/bin/env python3
+"""Selective-scan backends on one GPU: correctness against a float64 reference, then timings.
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_scan.py --out experiments/results
+
+(about 5 minutes on an H100, most of it compiling: Triton's coalescing pass takes ~10 s per
+backward kernel.) Checks every backend (reference, associative, pallas) and the fused bidirectional scan against
+the sequential reference run in float64 on the GPU (`jax.enable_x64`), values and the gradients
+of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
+first so that an output element no kernel wrote shows up. Then times forward and forward +
+backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes of
+/work/shared/anchors.md with bf16 activations and float32 A, D, delta_bias: median over repeats
+of `inner` back-to-back calls closed by `jax.block_until_ready`, rotating three input sets.
+`--sweep` adds pallas tiling variants. Writes bench_scan_<device>.json / .md under --out after
+every measurement, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+import types
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+try:
+    from vim_jax.ops import selective_scan, selective_scan_bidirectional
+except Exception:  # another part of the package failed to import: load the ops package alone
+    traceback.print_exc()
+    print("warning: importing vim_jax failed; loading vim_jax.ops on its own", flush=True)
+    pkg = types.ModuleType("vim_jax")
+    pkg.__path__ = [os.path.join(os.path.dirname(__file__), "..", "vim_jax")]
+    sys.modules["vim_jax"] = pkg
+    from vim_jax.ops import selective_scan, selective_scan_bidirectional
+
+import pallas_kernels.selective_scan as pss
+
+SHAPES = [(128, 197, 768, 16), (128, 197, 384, 16), (8, 6085, 384, 16)]
+OFFICIAL = {(128, 197, 768, 16): (0.889, 3.50), (128, 197, 384, 16): (0.432, 1.86),
+            (8, 6085, 384, 16): (0.599, 3.15)}
+TARGET = {(128, 197, 768, 16): (0.15, 0.6), (128, 197, 384, 16): (0.08, 0.3),
+          (8, 6085, 384, 16): (0.15, 0.6)}
+EXP_RATE = 4.2e12  # exponentials per second on an H100's special-function units (anchors.md)
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+ACTIVATIONS = ("u", "delta", "B", "C", "z")
+
+
+def make_inputs(seed, shape, bidir, act_dtype):
+    """Device arrays in Vim's ranges; activations in act_dtype, A, D, delta_bias float32."""
+    batch, length, channels, state = shape
+    lead = (2,) if bidir else ()
+    ks = jax.random.split(jax.random.PRNGKey(seed), 8)
+    n = lambda k, s: jax.random.normal(k, s, jnp.float32)
+    x = dict(
+        u=n(ks[0], lead + (batch, length, channels)),
+        delta=n(ks[1], lead + (batch, length, channels)) - 1.0,
+        A=-jnp.exp(0.5 * n(ks[2], lead + (channels, state))),
+        B=n(ks[3], lead + (batch, length, state)),
+        C=n(ks[4], lead + (batch, length, state)),
+        D=n(ks[5], lead + (channels,)),
+        z=n(ks[6], (batch, length, channels)),
+        delta_bias=0.5 * n(ks[7], lead + (channels,)),
+    )
+    return {k: v.astype(act_dtype) if k in ACTIVATIONS else v for k, v in x.items()}
+
+
+def scan_fn(backend, bidir, reverse=False):
+    if bidir:
+        return lambda a: selective_scan_bidirectional(**a, out_scale=0.5, backend=backend)
+    return lambda a: selective_scan(**a, reverse=reverse, backend=backend)
+
+
+def poison_free_memory(gib=4.0):
+    if jax.default_backend() == "cpu":
+        gib = 0.01
+    """Fills that much freshly allocated device memory with NaN and frees it: outputs allocated
+    next reuse it, so elements a kernel never wrote read NaN rather than stale zeros."""
+    x = jnp.full((int(gib * 2**30) // 4,), jnp.nan, jnp.float32)
+    x.block_until_ready()
+    del x
+
+
+def rel_err(x, ref):
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    if not np.all(np.isfinite(x)):
+        return float("inf")
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-300))
+
+
+def _value_and_vjp(f):
+    def run(a, cot):
+        out, vjp = jax.vjp(f, a)
+        return out, vjp(cot)[0]
+    return run
+
+
+def check(backend, shape, bidir, reverse, act_dtype, seed, ref_cache):
+    """{name: rel err} of out and the 8 gradients vs the float64 reference."""
+    x = make_inputs(seed, shape, bidir, act_dtype)
+    f = scan_fn(backend, bidir, reverse)
+    out_shape = shape[:3]
+    cot = jax.random.normal(jax.random.PRNGKey(seed + 7), out_shape, jnp.float32).astype(act_dtype)
+    key = (shape, bidir, reverse, str(act_dtype), seed)
+    if key not in ref_cache:
+        with jax.enable_x64(True):
+            x64 = {k: jnp.asarray(np.asarray(v, np.float64)) for k, v in x.items()}
+            r_out, r_g = jax.jit(_value_and_vjp(scan_fn("reference", bidir, reverse)))(
+                x64, jnp.asarray(np.asarray(cot, np.float64)))
+            ref_cache[key] = (np.asarray(r_out), {k: np.asarray(v) for k, v in r_g.items()})
+    r_out, r_g = ref_cache[key]
+    poison_free_memory()
+    out, g = jax.jit(_value_and_vjp(f))(x, cot)
+    errs = {"out": rel_err(out, r_out)}
+    errs.update({k: rel_err(g[k], r_g[k]) for k in NAMES})
+    return errs
+
+
+def bandwidth():
+    """Device-to-device copy rate (bytes read + written per second)."""
+    x = jnp.ones((2**28,), jnp.float32)  # 1 GiB
+    f = jax.jit(lambda a: a * 1.0000001)
+    f(x).block_until_ready()
+    t = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        t.append(time.perf_counter() - t0)
+    return 2 * x.nbytes / statistics.median(t)
+
+
+def timeit(f, arg_sets, reps, inner):
+    """Median seconds per call; calls are queued back to back and synchronised every `inner`."""
+    for a in arg_sets:
+        jax.block_until_ready(f(*a))
+    times = []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        for i in range(inner):
+            out = f(*arg_sets[(r * inner + i) % len(arg_sets)])
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times), min(times)
+
+
+def time_variant(backend, shape, bidir, reps, inner, with_bwd=True):
+    f = scan_fn(backend, bidir)
+    sets = [make_inputs(100 + i, shape, bidir, jnp.bfloat16) for i in range(3)]
+    douts = [jax.random.normal(jax.random.PRNGKey(200 + i), shape[:3], jnp.bfloat16) for i in range(3)]
+    fwd = jax.jit(f)
+    t0 = time.perf_counter()
+    res = {"fwd": timeit(fwd, [(s,) for s in sets], reps, inner)}
+    res["compile_fwd_s"] = time.perf_counter() - t0
+    if with_bwd:
+        step = jax.jit(lambda a, d: jax.vjp(f, a)[1](d)[0])
+        t0 = time.perf_counter()
+        res["fwdbwd"] = timeit(step, list(zip(sets, douts)), reps, inner)
+        res["compile_fwdbwd_s"] = time.perf_counter() - t0
+    return res
+
+
+def floors(shape, bidir, bw):
+    """(exp floor fwd, exp floor fwd+bwd, bytes floor fwd, bytes floor fwd+bwd) in seconds."""
+    batch, length, channels, state = shape
+    blc, bln, blcn = batch * length * channels, batch * length * state, batch * length * channels * state
+    k = 2 if bidir else 1
+    exp_f, exp_fb = k * blcn / EXP_RATE, 2 * k * blcn / EXP_RATE
+    # bf16: fwd reads u, delta (k each), z, B, C (k each), writes out; bwd adds dout in, grads out.
+    bytes_f = 2 * ((2 * k + 1) * blc + 2 * k * bln + blc)
+    bytes_b = 2 * ((2 * k + 2) * blc + 2 * k * bln + (2 * k + 1) * blc + 2 * k * bln)
+    return exp_f, exp_fb, bytes_f / bw, (bytes_f + bytes_b) / bw
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="experiments/results")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=5)
+    ap.add_argument("--sweep", default="", help="JSON list of ScanConfig dicts to time at every shape")
+    ap.add_argument("--checks", default="quick", choices=["full", "quick", "none"],
+                    help="quick: pallas in bf16 at the first and last shape (one direction and fused), "
+                         "in float32 at two small shapes, the other backends at the first shape; "
+                         "full: every backend and direction everywhere (about twice as long)")
+    ap.add_argument("--backends", default="pallas,associative,reference")
+    ap.add_argument("--shapes", default="0,1,2")
+    ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
+    ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    dev = jax.devices()[0]
+    import jaxlib
+    meta = dict(device=dev.device_kind, platform=dev.platform,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                jax=jax.__version__, jaxlib=jaxlib.__version__, python=sys.version.split()[0],
+                command="PYTHONUNBUFFERED=1 PYTHONPATH=. python3 " + " ".join(sys.argv))
+    print(meta, flush=True)
+    bw = bandwidth()
+    meta["copy_bandwidth_GBps"] = bw / 1e9
+    print(f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    backends = args.backends.split(",")
+    tag = dev.device_kind.lower().replace("nvidia ", "").split()[0].replace("/", "_")
+
+    def save():  # after every record, so that a run cut short still leaves its results
+        with open(os.path.join(args.out, f"bench_scan_{tag}.json"), "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
+        with open(os.path.join(args.out, f"bench_scan_{tag}.md"), "w") as fh:
+            fh.write(render(result, bw))
+
+    shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
+    if args.shapes_json:
+        shapes = [tuple(s) for s in json.loads(args.shapes_json)]
+    result = dict(meta=meta, checks=[], timings=[], sweep=[])
+
+    if args.checks != "none":
+        ref_cache = {}
+        plan = []
+        check_shapes = shapes if args.checks == "full" else [shapes[0], shapes[-1]]
+        for i, shape in enumerate(check_shapes):
+            if "pallas" in backends:
+                plan += [("pallas", shape, False, False, jnp.bfloat16), ("pallas", shape, True, False, jnp.bfloat16)]
+            if args.checks == "full" or i == 0:
+                plan += [(b, shape, False, False, jnp.bfloat16) for b in backends if b not in ("reference", "pallas")]
+        f32_shapes = [(4, 197, 768, 16), (2, 2500, 192, 16)]
+        if args.check_shapes_json:
+            f32_shapes = [tuple(s) for s in json.loads(args.check_shapes_json)]
+        for i, shape in enumerate(f32_shapes if "pallas" in backends else []):  # float32: the kernels' own precision
+            if args.checks == "full":
+                plan += [("pallas", shape, False, False, jnp.float32), ("pallas", shape, False, True, jnp.float32),
+                         ("pallas", shape, True, False, jnp.float32)]
+            else:  # one direction scanning in reverse at the first, both fused at the second
+                plan += [("pallas", shape, i == 1, i == 0, jnp.float32)]
+        for i, (b, shape, bidir, rev, dt) in enumerate(plan):
+            t0 = time.perf_counter()
+            try:
+                errs = check(b, shape, bidir, rev, dt, 1000 + i, ref_cache)
+            except Exception as e:  # a failing backend must not hide the others
+                traceback.print_exc()
+                errs = {"error": repr(e)[:300]}
+            tol = (1e-5, 1e-4) if dt == jnp.float32 else (1e-2, 2e-2)
+            ok = "error" not in errs and errs["out"] < tol[0] and all(errs[k] < tol[1] for k in NAMES)
+            rec = dict(backend=b, shape=shape, bidir=bidir, reverse=rev, dtype=str(np.dtype(dt)), ok=ok,
+                       errs=errs, seconds=time.perf_counter() - t0)
+            result["checks"].append(rec)
+            save()
+            worst = max((v for k, v in errs.items() if k != "error"), default=float("nan"))
+            print(f"check {b:11s} {str(shape):22s} bidir={bidir:d} rev={rev:d} {rec['dtype']:8s} "
+                  f"{'OK ' if ok else 'BAD'} worst {worst:.1e} out {errs.get('out', float('nan')):.1e} "
+                  f"({rec['seconds']:.0f}s)", flush=True)
+            if i == 0 and b == "pallas" and "error" in errs:
+                print("the first pallas check failed to run: skipping pallas timings", flush=True)
+                backends = [x for x in backends if x != "pallas"]
+                args.sweep = ""
+        ref_cache.clear()
+
+    def run_timings(which):
+        for shape in shapes:
+            for b in which:
+                if b == "reference" and shape[1] > 1000:
+                    print(f"skip reference at {shape}: sequential lax.scan over {shape[1]} steps is too slow")
+                    continue
+                for bidir in (False, True):
+                    try:
+                        r = time_variant(b, shape, bidir, args.reps, args.inner)
+                    except Exception as e:
+                        traceback.print_exc()
+                        r = {"error": repr(e)[:300]}
+                    rec = dict(backend=b, shape=shape, bidir=bidir, **r)
+                    result["timings"].append(rec)
+                    save()
+                    print("time", b, shape, "bidir" if bidir else "one", r, flush=True)
+
+    run_timings([b for b in backends if b == "pallas"])
+
+    for cfg_dict in json.loads(args.sweep or "[]"):
+        # keys starting with "_" pick where to time it: "_shapes" (indices), "_bidir" (list of bools)
+        where = {k: cfg_dict.pop(k) for k in list(cfg_dict) if k.startswith("_")}
+        cfg = pss.ScanConfig(**cfg_dict)
+        pss.set_config(cfg)
+        sweep_shapes = [SHAPES[i] for i in where["_shapes"]] if "_shapes" in where else shapes
+        for shape in sweep_shapes:
+            for bidir in where.get("_bidir", (False, True)):
+                try:
+                    r = time_variant("pallas", shape, bidir, args.reps, args.inner)
+                except Exception as e:
+                    traceback.print_exc()
+                    r = {"error": repr(e)[:300]}
+                rec = dict(config=cfg_dict, shape=shape, bidir=bidir, **r)
+                result["sweep"].append(rec)
+                save()
+                print("sweep", cfg_dict, shape, "bidir" if bidir else "one", r, flush=True)
+        pss.set_config(None)
+
+    run_timings([b for b in backends if b != "pallas"])
+
+    save()
+    print(render(result, bw), flush=True)
+
+
+def render(result, bw):
+    meta = result["meta"]
+    lines = [f"# Selective scan on {meta['device']}", "",
+             f"{meta['date']}, jax {meta['jax']} / jaxlib {meta['jaxlib']}, copy bandwidth "
+             f"{meta['copy_bandwidth_GBps']:.0f} GB/s. Command: `{meta['command']}`", "",
+             "bf16 activations, float32 A/D/delta_bias, N=16; median ms per call. 'exp %' and 'mem %' "
+             "are the exponential floor (4.2 T/s; fwd+bwd counts the exponentials twice) and the "
+             "bytes floor (copy bandwidth) as a share of the measured time.", "",
+             "| shape | backend | dirs | fwd ms | fwd+bwd ms | official fwd / fwd+bwd | target | "
+             "fwd exp % | fwd mem % | f+b exp % | f+b mem % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["timings"] + [dict(x, backend="pallas " + json.dumps(x["config"])) for x in result["sweep"]]:
+        shape = tuple(r["shape"])
+        if "error" in r:
+            lines.append(f"| {shape} | {r['backend']} | {'2' if r['bidir'] else '1'} | error | | | | | | | |")
+            continue
+        ef, efb, mf, mfb = floors(shape, r["bidir"], bw)
+        f, fb = r["fwd"][0], r["fwdbwd"][0]
+        off, tgt = OFFICIAL.get(shape), TARGET.get(shape)
+        off_s = tgt_s = ""
+        if off:
+            off_s = f"{off[0]} / {off[1]}" if not r["bidir"] else f"{2 * off[0]:.3f} / {2 * off[1]:.2f} (2 calls)"
+            tgt_s = f"{tgt[0]} / {tgt[1]}" if not r["bidir"] else "< 2x one dir"
+        lines.append(f"| {shape} | {r['backend']} | {'2' if r['bidir'] else '1'} | {f * 1e3:.3f} | "
+                     f"{fb * 1e3:.3f} | {off_s} | {tgt_s} | {100 * ef / f:.0f} | {100 * mf / f:.0f} | "
+                     f"{100 * efb / fb:.0f} | {100 * mfb / fb:.0f} |")
+    lines += ["", "## Correctness (relative L2 error vs float64 reference; worst of out and 8 gradients)", "",
+              "| backend | shape | dirs | reverse | dtype | ok | out | worst grad |", "|---|---|---|---|---|---|---|---|"]
+    for c in result["checks"]:
+        e = c["errs"]
+        if "error" in e:
+            lines.append(f"| {c['backend']} | {tuple(c['shape'])} | {2 if c['bidir'] else 1} | {c['reverse']} | "
+                         f"{c['dtype']} | error | {e['error'][:60]} | |")
+            continue
+        lines.append(f"| {c['backend']} | {tuple(c['shape'])} | {2 if c['bidir'] else 1} | {c['reverse']} | "
+                     f"{c['dtype']} | {'yes' if c['ok'] else 'NO'} | {e['out']:.1e} | "
+                     f"{max(e[k] for k in NAMES):.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
