@@ -57,6 +57,19 @@ def evaluate(config: ml_collections.ConfigDict, eval_fn, params, rngs, batch_sha
     return steps.summarize_eval(jax.device_get(totals))
 
 
+def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh, steps_per_epoch: int):
+    """``train_step`` jitted for this config, model and mesh: (state, batch) -> (state, metrics),
+    with the state's shardings explicit and its buffers donated."""
+    schedule = optim.learning_rate_schedule(config.optim, config.global_batch_size, steps_per_epoch)
+    return jax.jit(
+        functools.partial(steps.train_step, graphdef=setup.train_graphdef, tx=setup.tx, schedule=schedule,
+                          batch_to_targets=input_pipeline.batch_to_targets(config),
+                          augment_key=jax.random.fold_in(jax.random.key(config.seed), _MIXUP_SALT),
+                          ema_decay=config.ema_decay or None, skip_nonfinite=config.skip_nonfinite_steps),
+        in_shardings=(setup.state_shardings, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(setup.state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+
+
 def jit_eval_step(setup: train_state.ModelSetup, mesh):
     """``eval_step`` jitted for this model and mesh: (params, rngs, batch) -> replicated sums."""
     shardings = setup.state_shardings
@@ -76,7 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     for name in ("global_batch_size", "eval_batch_size"):
         if config[name] % shards:
             raise ValueError(f"config.{name}={config[name]} does not split over the {shards} devices of the mesh")
-    batch_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -108,14 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     # `stop_after_steps` ends this invocation early, exactly as a SIGTERM at that step would.
     last_step = min(total_steps, config.stop_after_steps or total_steps)
 
-    schedule = optim.learning_rate_schedule(config.optim, config.global_batch_size, steps_per_epoch)
-    train_step = jax.jit(
-        functools.partial(steps.train_step, graphdef=setup.train_graphdef, tx=setup.tx, schedule=schedule,
-                          batch_to_targets=input_pipeline.batch_to_targets(config),
-                          augment_key=jax.random.fold_in(jax.random.key(config.seed), _MIXUP_SALT),
-                          ema_decay=config.ema_decay or None, skip_nonfinite=config.skip_nonfinite_steps),
-        in_shardings=(setup.state_shardings, batch_sharding), out_shardings=(setup.state_shardings, replicated),
-        donate_argnums=0)
+    train_step = jit_train_step(config, setup, mesh, steps_per_epoch)
     eval_fn = jit_eval_step(setup, mesh)
 
     writer = MetricsWriter(workdir, start_step=start_step, total_steps=total_steps, active=is_main,
