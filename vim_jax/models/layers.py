@@ -79,20 +79,31 @@ def drop_path(x, rate, key, deterministic: bool):
     return jnp.where(keep, x / jnp.maximum(1.0 - rate, 1e-6).astype(x.dtype), jnp.zeros_like(x))
 
 
-def depthwise_conv1d(x, kernel, bias, reverse: bool):
-    """Depthwise conv over tokens: causal (`y_t` sees `x_{t-K+1..t}`), or anti-causal when `reverse`.
+def depthwise_conv1d(x, kernel, bias, reverse):
+    """Depthwise conv over tokens, causal (`y_t` sees `x_{t-K+1..t}`) or anti-causal when reversed.
 
-    `x: [b, l, c]`, `kernel: [K, c]`, `bias: [c]`. The anti-causal conv equals the causal one run
-    on the token-reversed sequence and reversed back, without the two flips.
+    One direction: `x: [b, l, c]`, `kernel: [K, c]`, `bias: [c]`, `reverse` a bool -> `[b, l, c]`.
+    Several at once: `kernel: [k, K, c]`, `bias: [k, c]`, `reverse` k bools -> `[k, b, l, c]`,
+    written as one stacked array (what the fused bidirectional scan reads) without a separate
+    stacking pass. The anti-causal conv equals the causal one run on the token-reversed sequence
+    and reversed back, without the two flips.
     """
-    width, length = kernel.shape[0], x.shape[1]
-    pad = (0, width - 1) if reverse else (width - 1, 0)
-    xp = jnp.pad(x, ((0, 0), pad, (0, 0)))
-    y = bias.astype(x.dtype)
-    for k in range(width):
-        start = width - 1 - k if reverse else k
-        y = y + kernel[k].astype(x.dtype) * jax.lax.dynamic_slice_in_dim(xp, start, length, axis=1)
-    return y
+    single = isinstance(reverse, bool)
+    if single:
+        kernel, bias, reverse = kernel[None], bias[None], (reverse,)
+    width, length = kernel.shape[1], x.shape[1]
+    # Tap j of a causal conv reads x_{t+j-(K-1)}, of an anti-causal one x_{t+(K-1)-j}; every
+    # direction gets a kernel over the union of offsets, zero where it has no tap.
+    left = 0 if all(reverse) else width - 1
+    right = width - 1 if any(reverse) else 0
+    per_offset = jnp.stack([jnp.pad(k[::-1], ((left, right - width + 1), (0, 0))) if rev
+                            else jnp.pad(k, ((left - width + 1, right), (0, 0)))
+                            for k, rev in zip(kernel, reverse)]).astype(x.dtype)  # [k, left+right+1, c]
+    xp = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
+    y = bias.astype(x.dtype)[:, None, None, :]
+    for i in range(left + right + 1):
+        y = y + per_offset[:, i, None, None, :] * jax.lax.dynamic_slice_in_dim(xp, i, length, axis=1)[None]
+    return y[0] if single else y
 
 
 def rope_tables(dim: int, grid: tuple[int, int], pt_grid: int):

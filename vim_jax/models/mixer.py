@@ -78,55 +78,71 @@ class VimMixer(nnx.Module):
         """`h: [b, L, D]` in the compute dtype -> `[b, L, D]`. `flip` reverses every direction (the
         second block of a bidirectional layer pair)."""
         cfg, dtype = self.cfg, h.dtype
-        e, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank_
+        e = cfg.d_inner
         xz = h @ self.in_proj[...].astype(dtype)
         x, z = xz[..., :e], xz[..., e:]
         orders = self.orders(flip)
         A = -jnp.exp(self.A_log[...])  # [K, E, N] float32
+        scale = 1.0 / len(orders) if (cfg.bimamba == "v2" and cfg.divide_out) else 1.0
+        if len(orders) == 2 and all(perm is None for perm, _ in orders) and orders[0][1] != orders[1][1]:
+            y = self._fused_bidirectional(x, z, orders, A, scale)
+        else:
+            y = self._per_direction(x, z, orders, A, scale)
+        out = y @ self.out_proj[...].astype(dtype)
+        if cfg.layer_scale_init is not None:
+            out = out * self.gamma[...].astype(dtype)
+        return out
+
+
+    def _project(self, u, own):
+        """x and dt projections -> delta, B, C: of direction `own` (an int) for `u: [b, L, E]`, or
+        of directions `own` (an index array) for `u` stacked as `[k, b, L, E]`."""
+        cfg, dtype = self.cfg, u.dtype
+        n, r = cfg.d_state, cfg.dt_rank_
+        spec = "k...e,ker->k...r" if np.ndim(own) else "...e,er->...r"
+        p = jnp.einsum(spec, u, self.x_proj[...][own].astype(dtype))
+        return jnp.einsum(spec, p[..., :r], self.dt_proj_kernel[...][own].astype(dtype)), p[..., r:r + n], p[..., r + n:]
+
+    def _fused_bidirectional(self, x, z, orders, A, scale):
+        """Both directions over the same tokens, one each way, in the fused bidirectional scan. Its
+        inputs are computed stacked (`[2, b, L, E]`) so that no pass copies them together."""
+        cfg = self.cfg
+        idx = [0, 1] if not orders[0][1] else [1, 0]  # index 0 of the fused op scans forwards
+        own = np.zeros(2, int) if cfg.bimamba == "v1" else np.asarray(idx)
+        w_conv, b_conv = self.conv_kernel[...], self.conv_bias[...]
+        if cfg.bimamba == "v1":  # one conv, in the first direction's order, shared
+            u = jax.nn.silu(depthwise_conv1d(x, w_conv[0], b_conv[0], reverse=orders[0][1]))
+            u = jnp.broadcast_to(u, (2, *u.shape))
+        else:
+            u = jax.nn.silu(depthwise_conv1d(x, w_conv[own], b_conv[own], tuple(orders[k][1] for k in idx)))
+        delta, B, C = self._project(u, own)
+        return ops.selective_scan_bidirectional(
+            u, delta, A[np.asarray(idx)], B, C, D=self.D[...][own], z=z,
+            delta_bias=self.dt_proj_bias[...][own], out_scale=scale, backend=cfg.scan_backend)
+
+    def _per_direction(self, x, z, orders, A, scale):
+        """One selective scan per direction, each in its own token order; outputs summed."""
+        cfg = self.cfg
         w_conv, b_conv = self.conv_kernel[...], self.conv_bias[...]
         if cfg.bimamba == "v1":
             # One conv, in the first direction's order, and one projection, shared by the directions.
             perm0, rev0 = orders[0]
             u = _unpermute(jax.nn.silu(depthwise_conv1d(_permute(x, perm0), w_conv[0], b_conv[0], reverse=rev0)), perm0)
             us = [_permute(u, perm) for perm, _ in orders]
-            zs = [_permute(z, perm) for perm, _ in orders]
             own = [0] * len(orders)
         else:
-            xs = [_permute(x, perm) for perm, _ in orders]
-            zs = [_permute(z, perm) for perm, _ in orders]
-            us = [jax.nn.silu(depthwise_conv1d(xk, w_conv[k], b_conv[k], reverse=rev))
-                  for k, (xk, (_, rev)) in enumerate(zip(xs, orders))]
+            us = [jax.nn.silu(depthwise_conv1d(_permute(x, perm), w_conv[k], b_conv[k], reverse=rev))
+                  for k, (perm, rev) in enumerate(orders)]
             own = list(range(len(orders)))
-        scale = 1.0 / len(orders) if (cfg.bimamba == "v2" and cfg.divide_out) else 1.0
-
-        def project(k, u_k):
-            p = u_k @ self.x_proj[...][own[k]].astype(dtype)
-            delta = p[..., :r] @ self.dt_proj_kernel[...][own[k]].astype(dtype)
-            return delta, p[..., r:r + n], p[..., r + n:]
-
-        if len(orders) == 2 and all(perm is None for perm, _ in orders) and orders[0][1] != orders[1][1]:
-            # Both directions over the same tokens, one each way: the fused bidirectional scan.
-            idx = [0, 1] if not orders[0][1] else [1, 0]  # index 0 of the fused op scans forwards
-            parts = [(us[k],) + project(k, us[k]) for k in idx]
-            stack = lambda i: jnp.stack([p[i] for p in parts])
-            own_idx = np.asarray([own[k] for k in idx])
-            y = ops.selective_scan_bidirectional(
-                stack(0), stack(1), A[np.asarray(idx)], stack(2), stack(3), D=self.D[...][own_idx], z=z,
-                delta_bias=self.dt_proj_bias[...][own_idx], out_scale=scale, backend=cfg.scan_backend)
-        else:
-            y = None
-            for k, (perm, rev) in enumerate(orders):
-                delta, B, C = project(k, us[k])
-                yk = ops.selective_scan(us[k], delta, A[k], B, C, D=self.D[...][own[k]], z=zs[k],
-                                        delta_bias=self.dt_proj_bias[...][own[k]], reverse=rev,
-                                        backend=cfg.scan_backend)
-                yk = _unpermute(yk, perm).astype(jnp.float32)
-                y = yk if y is None else y + yk
-            y = (y * scale).astype(dtype)
-        out = y @ self.out_proj[...].astype(dtype)
-        if cfg.layer_scale_init is not None:
-            out = out * self.gamma[...].astype(dtype)
-        return out
+        y = None
+        for k, (perm, rev) in enumerate(orders):
+            delta, B, C = self._project(us[k], own[k])
+            yk = ops.selective_scan(us[k], delta, A[k], B, C, D=self.D[...][own[k]], z=_permute(z, perm),
+                                    delta_bias=self.dt_proj_bias[...][own[k]], reverse=rev,
+                                    backend=cfg.scan_backend)
+            yk = _unpermute(yk, perm).astype(jnp.float32)
+            y = yk if y is None else y + yk
+        return (y * scale).astype(x.dtype)
 
 
 def _permute(x, perm):

@@ -1,0 +1,34 @@
+"""The depthwise token conv: causal / anti-causal, one direction or several stacked."""
+
+import numpy as np
+import pytest
+
+from vim_jax.models.layers import depthwise_conv1d
+
+
+def naive_conv(x, kernel, bias, reverse):
+    """y_t = bias + sum_j kernel[j] * x[t + j - (K-1)] (causal) or x[t + (K-1) - j] (anti-causal)."""
+    width, length = kernel.shape[0], x.shape[1]
+    y = np.broadcast_to(bias, x.shape).astype(np.float64).copy()
+    for t in range(length):
+        for j in range(width):
+            s = t + (width - 1 - j if reverse else j - (width - 1))
+            if 0 <= s < length:
+                y[:, t] += kernel[j] * x[:, s]
+    return y
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_matches_naive_conv_one_and_stacked(width):
+    rng = np.random.default_rng(width)
+    x = rng.normal(size=(2, 7, 5)).astype(np.float32)
+    kernels = rng.normal(size=(3, width, 5)).astype(np.float32)
+    biases = rng.normal(size=(3, 5)).astype(np.float32)
+    reverse = (False, True, True)
+    stacked = np.asarray(depthwise_conv1d(x, kernels, biases, reverse))
+    assert stacked.shape == (3, 2, 7, 5)
+    for k, rev in enumerate(reverse):
+        expected = naive_conv(x, kernels[k], biases[k], rev)
+        np.testing.assert_allclose(np.asarray(depthwise_conv1d(x, kernels[k], biases[k], rev)), expected,
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stacked[k], expected, rtol=1e-5, atol=1e-5)
