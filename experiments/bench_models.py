@@ -167,7 +167,8 @@ def _xla_bytes(compiled) -> int | None:
                - analysis.alias_size_in_bytes)
 
 
-def measure_inference(job: Job, target_s: float) -> dict:
+def compile_inference(job: Job):
+    """(call, info, compiled): `call()` runs one compiled forward pass on random images."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -178,12 +179,12 @@ def measure_inference(job: Job, target_s: float) -> dict:
     info = _model_info(model, images)
     graphdef, state = nnx.split(model)
     compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images).compile()
-    timing = time_calls(lambda: compiled(state, images), target_s)
-    return {**info, **timing, "images_per_s": job.batch / timing["seconds"], "xla_bytes": _xla_bytes(compiled)}
+    return (lambda: compiled(state, images)), info, compiled
 
 
-def measure_training(job: Job, target_s: float) -> dict:
-    """One AdamW step (cross-entropy on random labels, gradients, update) per call, state donated."""
+def compile_training(job: Job):
+    """(call, info, compiled): `call()` runs one AdamW step (cross-entropy on random labels,
+    gradients, update) with the state donated, and returns the loss."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -215,6 +216,12 @@ def measure_training(job: Job, target_s: float) -> dict:
         state[0], state[1], loss = compiled(state[0], state[1], images, labels)
         return loss
 
+    return call, info, compiled
+
+
+def measure(job: Job, target_s: float) -> dict:
+    """Timing, throughput and XLA's memory plan of one job."""
+    call, info, compiled = (compile_training if job.train else compile_inference)(job)
     timing = time_calls(call, target_s)
     return {**info, **timing, "images_per_s": job.batch / timing["seconds"], "xla_bytes": _xla_bytes(compiled)}
 
@@ -251,7 +258,7 @@ def run_worker(jobs: list[Job], target_s: float) -> None:
             result = {"error": f"not tried: batch {failed[key]} already failed"}
         else:
             try:
-                result = (measure_training if job.train else measure_inference)(job, target_s)
+                result = measure(job, target_s)
             except Exception as error:  # noqa: BLE001  (an OOM or a refused shape: report it, go on)
                 result = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
                 failed[key] = job.batch
@@ -319,9 +326,17 @@ def markdown(result: dict) -> str:
              "warm-up calls, median of repeats (each >= 20 ms of back-to-back calls, ended by "
              "`jax.block_until_ready`). Peak memory = `memory_stats()['peak_bytes_in_use']` in a fresh "
              "process per group, jobs in increasing-memory order (* = did not rise above the previous job's "
-             "peak, so it is an upper bound). Cells: img/s (peak MiB).", "",
-             "## High resolution, inference", ""]
+             "peak, so it is an upper bound). Cells: img/s (peak MiB).", ""]
     highres = [r for r in rows if r["job"]["section"] == "highres"]
+    if highres:
+        lines += _highres_table(highres)
+    if any(r["job"]["section"] == "224" for r in rows):
+        lines += _table_224(rows)
+    return "\n".join(lines + _notes(result))
+
+
+def _highres_table(highres: list[dict]) -> list[str]:
+    lines = ["## High resolution, inference", ""]
     labels = list(dict.fromkeys(r["job"]["label"] for r in highres))
     sizes = sorted({r["job"]["img_size"] for r in highres})
     batch = highres[0]["job"]["batch"] if highres else "-"
@@ -334,7 +349,11 @@ def markdown(result: dict) -> str:
         ours = " | ".join(_cell(by.get(l)) for l in labels)
         theirs = " | ".join(f"{v[0]:,} ({v[1]:,})" if (v := OFFICIAL_HIGHRES[o].get(s)) else "-" for o in official)
         lines.append(f"| {s} | {tokens} | {ours} | {theirs} |")
-    lines += ["", "## 224 px: inference and training", "",
+    return lines + [""]
+
+
+def _table_224(rows: list[dict]) -> list[str]:
+    lines = ["## 224 px: inference and training", "",
               "| model | params | inference img/s (batch) | peak MiB | training img/s (batch, AdamW) | peak MiB | "
               "official/timm inference | official/timm training (peak GB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model in dict.fromkeys(r["job"]["model"] for r in rows if r["job"]["section"] == "224"):
@@ -355,6 +374,11 @@ def markdown(result: dict) -> str:
         params = next((f"{r['params']:,}" for r in (inf, trn) if r and "params" in r), "-")
         lines.append(f"| {model} | {params} | {speed(inf)} | {peak(inf)} | {speed(trn)} | {peak(trn)} | "
                      f"{f'{ref[0]:,}' if ref else '-'} | {f'{ref[1]:,} ({ref[2]})' if ref else '-'} |")
+    return lines
+
+
+def _notes(result: dict) -> list[str]:
+    rows, lines = result["rows"], []
     notes = [f"- {r['job']['label']} {r['job']['img_size']} px{' training' if r['job']['train'] else ''}: {r['error']}"
              for r in rows if "error" in r and r["job"]["section"] != "max_batch"]
     largest = [r for r in rows if r["job"]["section"] == "max_batch"]
@@ -370,7 +394,7 @@ def markdown(result: dict) -> str:
     lines += ["- Official / timm numbers: /work/shared/anchors.md (H100, PyTorch 2.11, bf16 autocast, CUDA events). "
               "Earlier JAX DeiT-Ti numbers there (batch 8): 512 px 4,142 img/s flash / 2,339 xla; 1024 px 1,176 / 279; "
               "1248 px 679 / 133; 224 px batch 256 inference 43,723 (DeiT-Ti), 23,424 (DeiT-S)."]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def measure_max_batch(highres_groups: list[list[Job]], target_s: float, cap: int, timeout_s: float) -> list[dict]:
@@ -451,9 +475,9 @@ def main(argv=None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))
     if "highres" in args.sections:
-        plots.plot_bench_highres(result, Path(f"{stem}_highres.png"))
+        plots.plot_bench_highres(result, Path(f"{stem}{'' if parts else '_highres'}.png"))
     if "224" in args.sections:
-        plots.plot_bench_224(result, Path(f"{stem}_224.png"))
+        plots.plot_bench_224(result, Path(f"{stem}{'' if parts else '_224'}.png"))
     print(markdown(result))
     return 0
 
