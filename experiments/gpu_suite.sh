@@ -5,7 +5,8 @@
 #
 # Stages: scan (bench_scan.py: float64 checks, then every backend timed, plus the pallas
 # fast_math variant), models224 / highres (bench_models.py sections), profile (profile_model.py:
-# Vim-S and Vim-Ti kernel time by kind, training with and without remat), vim_vs_deit (ablate.py,
+# Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
+# (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
 # Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), fmnist (the full recipe).
 # Results go to $OUT (default experiments/results). Python packages missing on the GPU machine
 # (it has no network) are installed from wheels in $WHEELS (default .gpuwhl); Fashion-MNIST is
@@ -41,6 +42,8 @@ for stage in "$@"; do
     vim_vs_deit)
       python3 experiments/ablate.py --grid vim_vs_deit --epochs "$EPOCHS" --seeds 3 \
         --workdir "$OUT/ablate_runs" --results-dir "$OUT" 2>&1 | grep -v "^\s*$" | tail -40 ;;
+    scaling)
+      python3 experiments/bench_scaling.py --model small --per-device-batch 128 --out "$OUT" 2>&1 | tail -30 ;;
     fmnist)
       python3 -m vim_jax.cli train --config experiments/configs/fashion_mnist.py --workdir /tmp/fm \
         --config.progress_bar=False 2>&1 | tee "$OUT/fashion_mnist_train.log" | tail -20 ;;
