@@ -260,6 +260,14 @@ def main():
                 args.sweep = ""
         ref_cache.clear()
 
+    def timed(backend, shape, bidir):
+        """time_variant's result, or the error (a failed variant must not end the run)."""
+        try:
+            return time_variant(backend, shape, bidir, args.reps, args.inner)
+        except Exception as e:
+            traceback.print_exc()
+            return {"error": repr(e)[:300]}
+
     def run_timings(which):
         for shape in shapes:
             for b in which:
@@ -267,11 +275,7 @@ def main():
                     print(f"skip reference at {shape}: sequential lax.scan over {shape[1]} steps is too slow")
                     continue
                 for bidir in (False, True):
-                    try:
-                        r = time_variant(b, shape, bidir, args.reps, args.inner)
-                    except Exception as e:
-                        traceback.print_exc()
-                        r = {"error": repr(e)[:300]}
+                    r = timed(b, shape, bidir)
                     rec = dict(backend=b, shape=shape, bidir=bidir, **r)
                     result["timings"].append(rec)
                     save()
@@ -287,11 +291,7 @@ def main():
         sweep_shapes = [SHAPES[i] for i in where["_shapes"]] if "_shapes" in where else shapes
         for shape in sweep_shapes:
             for bidir in where.get("_bidir", (False, True)):
-                try:
-                    r = time_variant("pallas", shape, bidir, args.reps, args.inner)
-                except Exception as e:
-                    traceback.print_exc()
-                    r = {"error": repr(e)[:300]}
+                r = timed("pallas", shape, bidir)
                 rec = dict(config=cfg_dict, shape=shape, bidir=bidir, **r)
                 result["sweep"].append(rec)
                 save()
