@@ -138,3 +138,21 @@ def test_orbax_params_of_another_size_list_the_mismatches(tmp_path):
     assert f"{tmp_path / 'wide' / '7'} ('params') does not fit" in message
     assert "wrong shape (16)" in message and "blocks/mixer/in_proj: expected [2, 32, 128], got [2, 48, 192]" in message
     assert "missing" not in message and "unexpected" not in message
+
+
+def test_deit_checkpoint_round_trip_and_family_mismatch(tmp_path):
+    """A DeiT's orbax checkpoint (as the trainer writes it) reloads, also at another image size and
+    attention implementation; loading it into a Vim, or a Vim's into a DeiT, is refused clearly."""
+    deit = vim_jax.create_model("deit_test", seed=3)
+    directory = save_params(tmp_path / "deit", params_of(deit), model_metadata(deit.cfg, "deit_test"))
+    assert_same_params(params_of(vim_jax.create_model("deit_test", checkpoint=str(directory))), params_of(deit))
+    resized = vim_jax.create_model("deit_test", checkpoint=str(directory), img_size=2 * deit.cfg.img_size,
+                                   attention="xla")
+    assert resized.pos_embed[...].shape[1] == resized.cfg.seq_len
+    np.testing.assert_array_equal(np.asarray(resized.cls_token[...]), np.asarray(deit.cls_token[...]))
+    with pytest.raises(CheckpointMismatchError, match="written for model 'deit_test', not a VimConfig model"):
+        vim_jax.create_model("vim_test", checkpoint=str(directory))
+    vim_cfg = get_config("vim_test")
+    vim_dir = save_params(tmp_path / "vim", random_params(vim_cfg, 0), model_metadata(vim_cfg, "vim_test"))
+    with pytest.raises(CheckpointMismatchError, match="written for model 'vim_test', not a DeiTConfig model"):
+        vim_jax.create_model("deit_test", checkpoint=str(vim_dir))

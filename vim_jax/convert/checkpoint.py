@@ -34,7 +34,7 @@ WHICH = ("model", "model_ema")
 _ORBAX_ITEMS = {"model": orbax_io.PARAMS_ITEM, "model_ema": orbax_io.EMA_PARAMS_ITEM}
 # Config fields a checkpoint may differ in from the model it is loaded into: the patch grid
 # (the position embedding is resized), regularisation, precision, execution and initialisation.
-_RUNTIME_FIELDS = {"img_size", "stride", "drop_rate", "drop_path_rate", "dtype", "scan_backend", "remat",
+_RUNTIME_FIELDS = {"img_size", "stride", "drop_rate", "drop_path_rate", "dtype", "scan_backend", "attention", "remat",
                    "dt_min", "dt_max", "dt_init_floor", "dt_scale", "fix_backward_dt_init"}
 _LIST_LIMIT = 12
 
@@ -172,8 +172,12 @@ def _describe_official(got: dict) -> str:
 def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str) -> LoadedParams:
     step = orbax_io.find_step_directory(path)
     metadata = orbax_io.read_metadata(step)
-    source_cfg = orbax_io.config_from_metadata(metadata) if metadata else None
     described = f"{step} ('{_ORBAX_ITEMS[which]}')"
+    try:
+        source_cfg = orbax_io.config_from_metadata(metadata, type(cfg)) if metadata else None
+    except ValueError as error:  # another model family's checkpoint (a Vim's into a DeiT, ...)
+        raise CheckpointMismatchError(f"checkpoint {described} was written for model {metadata.get('model')!r}, "
+                                      f"not a {type(cfg).__name__} model: {error}") from None
     if source_cfg is not None:
         _check_config(source_cfg, cfg, described, metadata.get("model"))
     saved = traverse_util.flatten_dict(orbax_io.saved_shapes(step, _ORBAX_ITEMS[which]))
@@ -187,7 +191,7 @@ def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str) -> Loade
     if "pos_embed" in resizable and got["pos_embed"] != wanted["pos_embed"]:
         source_grid = source_cfg.grid_size if source_cfg else None
         params[("pos_embed",)] = resize_pos_embed(np.asarray(params[("pos_embed",)]), cfg.grid_size,
-                                                  cls_token=cfg.cls_token, source_grid=source_grid)
+                                                  cls_token=_cls_layout(cfg), source_grid=source_grid)
         resized = (got["pos_embed"], wanted["pos_embed"])
     return LoadedParams(traverse_util.unflatten_dict(params), step, "orbax", len(params), resized)
 
@@ -196,7 +200,7 @@ def _check_config(source: VimConfig, target: VimConfig, described: str, model_na
     """Refuses a checkpoint whose architecture differs in ways the shapes cannot show (class-token
     layout, pooling, /2 of the directions, scan orders, ...)."""
     differ = [f"{f.name}: checkpoint {getattr(source, f.name)!r}, model {getattr(target, f.name)!r}"
-              for f in dataclasses.fields(VimConfig)
+              for f in dataclasses.fields(target)
               if f.name not in _RUNTIME_FIELDS and getattr(source, f.name) != getattr(target, f.name)]
     if differ:
         raise CheckpointMismatchError(
@@ -234,10 +238,16 @@ def _check(wanted: dict, got: dict, resizable: set, described: str, cfg: VimConf
     raise CheckpointMismatchError("\n".join(lines))
 
 
-def _describe_config(cfg: VimConfig) -> str:
+def _cls_layout(cfg) -> str:
+    """Where the class-token rows of the position embedding are: a Vim's `cls_token`; a DeiT's
+    single class token leads the sequence."""
+    return getattr(cfg, "cls_token", "head" if cfg.num_cls_tokens else "none")
+
+
+def _describe_config(cfg) -> str:
+    family = f"bimamba={cfg.bimamba!r}" if hasattr(cfg, "bimamba") else f"num_heads={cfg.num_heads}"
     return (f"embed_dim={cfg.embed_dim}, depth={cfg.depth}, patch_size={cfg.patch_size}, stride={cfg.stride}, "
-            f"img_size={cfg.img_size}, num_classes={cfg.num_classes}, bimamba={cfg.bimamba!r}, "
-            f"cls_token={cfg.cls_token!r}")
+            f"img_size={cfg.img_size}, num_classes={cfg.num_classes}, {family}, cls_token={_cls_layout(cfg)!r}")
 
 
 def _shape(s) -> str:

@@ -36,14 +36,16 @@ def model_metadata(config: VimConfig, model_name: str | None = None, **extra) ->
     return {"format": METADATA_FORMAT, "model": model_name, "config": dataclasses.asdict(config), **extra}
 
 
-def config_from_metadata(metadata: dict) -> VimConfig:
-    """The `VimConfig` recorded by `model_metadata` (JSON lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(VimConfig)}
+def config_from_metadata(metadata: dict, config_class: type = VimConfig):
+    """The config recorded by `model_metadata`, as a `config_class` (the family of the model it is
+    loaded into: `VimConfig`, `DeiTConfig`; JSON lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
     stored = metadata["config"]
     unknown = set(stored) - fields
     if unknown:
-        raise ValueError(f"checkpoint metadata has config fields this vim_jax does not know: {sorted(unknown)}")
-    return VimConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        raise ValueError(f"checkpoint metadata has config fields that {config_class.__name__} does not know: "
+                         f"{sorted(unknown)}")
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
 
 
 def save_params(directory: str | os.PathLike, params: Any, metadata: dict, *, ema_params: Any = None) -> Path:
