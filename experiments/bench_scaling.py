@@ -98,7 +98,6 @@ def main(argv=None):
     import flax
     import jax
 
-    import vim_jax
 
     available = jax.device_count()
     counts = [n for n in map(int, args.devices.split(",")) if n <= available]

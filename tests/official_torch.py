@@ -116,7 +116,7 @@ def _conv(x, w, b):
 
 def _mixer(h, sd, i, cfg):
     m = f"layers.{i}.mixer."
-    e, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank_
+    n, r = cfg.d_state, cfg.dt_rank_
     x, z = (h @ sd[m + "in_proj.weight"].T).chunk(2, dim=-1)
 
     def project(xc, s):
