@@ -10,9 +10,12 @@ import dataclasses
 import difflib
 import functools
 import fnmatch
+import logging
 from typing import Any, Callable
 
 from flax import nnx
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,7 +91,9 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
       name: a name from `list_models()` or an official long name.
       checkpoint: an official `.pth` file (full training dict or bare state dict) or a checkpoint
         written by `vim-jax convert` / the trainer. Position embeddings are resized when the
-        checkpoint was trained at another image size or stride.
+        checkpoint was trained at another image size or stride. Asking for another `num_classes`
+        than the checkpoint's gives a freshly initialised classifier (fine-tuning), and
+        `num_classes=0` none (features).
       seed: seeds `rngs` when none is given (parameters and dropout).
       **overrides: config fields to change, e.g. `num_classes=10`, `img_size=448`,
         `dtype="bfloat16"`, `drop_path_rate=0.1`.
@@ -99,10 +104,16 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
         rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if checkpoint is None:
         return _compiled_builder(entry.build, config)(rngs)
-    from vim_jax.convert import load_into  # converters import torch-format readers lazily
+    from vim_jax.convert import checkpoint_num_classes, load_into  # converters import torch-format readers lazily
 
-    abstract = nnx.eval_shape(lambda r: entry.build(config, r), rngs)
-    return load_into(abstract, checkpoint, rngs=rngs)
+    new_head = "num_classes" in overrides and checkpoint_num_classes(checkpoint) != config.num_classes
+    if new_head:  # only the head's initial values are used; the rest comes from the checkpoint
+        model = _compiled_builder(entry.build, config)(rngs)
+        log.info("%s: the checkpoint's classifier is left out; the model's (%d classes) is new",
+                 checkpoint, config.num_classes)
+    else:
+        model = nnx.eval_shape(lambda r: entry.build(config, r), rngs)
+    return load_into(model, checkpoint, rngs=rngs, new_head=new_head)
 
 
 @functools.lru_cache(maxsize=64)

@@ -6,6 +6,7 @@ Reading `.pth` files needs no torch (`pth_reader`); only `export_official` impor
 from vim_jax.convert.checkpoint import (
     CheckpointMismatchError,
     LoadedParams,
+    checkpoint_num_classes,
     export_official,
     fill_abstract,
     load_into,
@@ -20,6 +21,7 @@ __all__ = [
     "CheckpointMismatchError",
     "LoadedParams",
     "UnsafeCheckpointError",
+    "checkpoint_num_classes",
     "export_official",
     "fill_abstract",
     "load_into",

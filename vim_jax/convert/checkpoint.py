@@ -5,7 +5,9 @@ state dict), a directory written by `vim-jax convert`, or an orbax `CheckpointMa
 of the trainer (its latest step); see `orbax_io` for that layout. Before anything is converted,
 the checkpoint is checked against the model: missing, unexpected and mis-shaped entries are
 reported together in one `CheckpointMismatchError`. Only the position embedding may differ in
-length; it is resized to the model's patch grid.
+length; it is resized to the model's patch grid. With `new_head=True` the checkpoint's classifier
+(of any width, or none) is not read and the model keeps its own: fine-tuning to another number of
+classes, or features without a head (`num_classes=0`).
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from vim_jax.convert.vim_keys import official_rules, official_to_ours, ours_to_o
 log = logging.getLogger(__name__)
 
 WHICH = ("model", "model_ema")
+HEAD = "head"  # the classifier's parameters in both families (official keys `head.weight`, `head.bias`)
 _ORBAX_ITEMS = {"model": orbax_io.PARAMS_ITEM, "model_ema": orbax_io.EMA_PARAMS_ITEM}
 # Config fields a checkpoint may differ in from the model it is loaded into: the patch grid
 # (the position embedding is resized), regularisation, precision, execution and initialisation.
 _RUNTIME_FIELDS = {"img_size", "stride", "drop_rate", "drop_path_rate", "dtype", "scan_backend", "attention", "remat",
                    "dt_min", "dt_max", "dt_init_floor", "dt_scale", "fix_backward_dt_init"}
 _LIST_LIMIT = 12
+_NEW_HEAD_HINT = ("  only the classifier differs: to start a new one instead of the checkpoint's, pass "
+                  "num_classes=N to create_model (or new_head=True to load_into)")
 
 
 class CheckpointMismatchError(ValueError):
@@ -54,13 +59,16 @@ class LoadedParams:
     pos_embed_resized: tuple[tuple[int, ...], tuple[int, ...]] | None  # (from, to) shapes
 
 
-def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: str = "model") -> LoadedParams:
+def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: str = "model",
+                new_head: bool = False) -> LoadedParams:
     """Reads and checks a checkpoint for `abstract_model` (a model or `nnx.eval_shape` of one).
 
     Args:
       path: an official `.pth` file or a vim_jax orbax directory.
-      abstract_model: a VisionMamba whose `cfg` and parameter shapes the checkpoint must fit.
+      abstract_model: a VisionMamba (or DeiT) whose `cfg` and parameter shapes the checkpoint must fit.
       which: "model" or "model_ema" (the EMA weights of a training dict / `ema_params`).
+      new_head: leave the classifier out on both sides: the checkpoint's head (any number of
+        classes, or none) is not read, and the returned parameters have no `head` entry.
     Raises:
       FileNotFoundError, `CheckpointFormatError` (not a readable checkpoint) or
       `CheckpointMismatchError` (it does not fit the model).
@@ -72,29 +80,56 @@ def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: s
         raise FileNotFoundError(f"checkpoint not found: {path}")
     expected = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(abstract_model, nnx.Param)))
     cfg = abstract_model.cfg
+    if new_head:  # checked and converted as the same model without a classifier
+        cfg = dataclasses.replace(cfg, num_classes=0)
+        expected = {k: v for k, v in expected.items() if k[0] != HEAD}
     if path.is_dir():
-        return _read_orbax(path, cfg, expected, which)
-    return _read_pth(path, cfg, expected, which)
+        return _read_orbax(path, cfg, expected, which, new_head)
+    return _read_pth(path, cfg, expected, which, new_head)
 
 
-def load_into(abstract_model: nnx.Module, path: str | os.PathLike, *, which: str = "model",
-              rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """Fills an abstract model (from `nnx.eval_shape`) with a checkpoint's weights; returns it.
+def checkpoint_num_classes(path: str | os.PathLike, *, which: str = "model") -> int:
+    """The number of classes of a checkpoint's classifier (official `.pth` or ours); 0 if it has none."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        head = orbax_io.saved_shapes(path, _ORBAX_ITEMS[which]).get(HEAD)
+        return 0 if head is None else head["kernel"].shape[-1]
+    state, _ = _pick_state_dict(open_pth(path), path, which)
+    weight = state.get(f"{HEAD}.weight")
+    return weight.shape[0] if isinstance(weight, StoredTensor) else 0
 
-    No parameter is initialised randomly: the model's parameters are set from the checkpoint
-    (see `read_params` for what `path` and `which` accept). Abstract RNG streams (present when
-    dropout or drop path is on) are seeded from `rngs`, stream by stream, like `nnx.reseed`
-    (from `nnx.Rngs(0)` when none is given).
+
+def load_into(model: nnx.Module, path: str | os.PathLike, *, which: str = "model",
+              rngs: nnx.Rngs | None = None, new_head: bool = False) -> nnx.Module:
+    """Fills a model with a checkpoint's weights; returns it.
+
+    `model` is normally abstract (from `nnx.eval_shape`): then no parameter is initialised
+    randomly, all are set from the checkpoint (see `read_params` for what `path` and `which`
+    accept). With `new_head`, the checkpoint's classifier is not read and the model keeps its own,
+    so `model` must be a built one (its head initialised), e.g. `create_model(name, num_classes=10)`.
+    Abstract RNG streams (present when dropout or drop path is on) are seeded from `rngs`, stream
+    by stream, like `nnx.reseed` (from `nnx.Rngs(0)` when none is given).
     """
-    loaded = read_params(path, abstract_model, which=which)
+    if new_head and _is_abstract(getattr(model, HEAD, None)):
+        raise ValueError("new_head=True keeps the model's own classifier, but this model's head is abstract "
+                         "(nnx.eval_shape): build the model, e.g. create_model(name, num_classes=N), "
+                         "or pass the checkpoint to create_model(name, checkpoint=path, num_classes=N)")
+    loaded = read_params(path, model, which=which, new_head=new_head)
     if loaded.pos_embed_resized:
         log.info("%s: resized pos_embed %s -> %s", loaded.path, *loaded.pos_embed_resized)
-    return fill_abstract(abstract_model, loaded.params, rngs=rngs)
+    return fill_abstract(model, loaded.params, rngs=rngs)
+
+
+def _is_abstract(module) -> bool:
+    return module is not None and any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(module)))
 
 
 def fill_abstract(abstract_model: nnx.Module, params: dict, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """Sets an abstract model's parameters from `params` (its `nnx.to_pure_dict` layout, e.g.
-    `read_params(...).params`) and seeds its abstract RNG streams (see `load_into`); returns it."""
+    """Sets a model's parameters from `params` (its `nnx.to_pure_dict` layout, e.g.
+    `read_params(...).params`; parameters it leaves out keep their values) and seeds its abstract
+    RNG streams (see `load_into`); returns it."""
     state = nnx.state(abstract_model, nnx.Param)
     nnx.replace_by_pure_dict(state, jax.tree.map(jax.device_put, params))
     nnx.update(abstract_model, state)
@@ -119,11 +154,12 @@ def export_official(model: nnx.Module, path: str | os.PathLike) -> Path:
 
 
 # --- official .pth -------------------------------------------------------------------------
-def _read_pth(path: Path, cfg: VimConfig, expected: dict, which: str) -> LoadedParams:
+def _read_pth(path: Path, cfg: VimConfig, expected: dict, which: str, new_head: bool) -> LoadedParams:
     state, described = _pick_state_dict(open_pth(path), path, which)
     rules = official_rules(cfg)
     wanted = {r.official: tuple(r.official_shape) for r in rules}
-    got = {k: tuple(v.shape) if isinstance(v, StoredTensor) else type(v).__name__ for k, v in state.items()}
+    got = {k: tuple(v.shape) if isinstance(v, StoredTensor) else type(v).__name__ for k, v in state.items()
+           if not (new_head and k.startswith(HEAD + "."))}
     resizable = {"pos_embed"} if _resizable(got.get("pos_embed"), wanted.get("pos_embed")) else set()
     _check(wanted, got, resizable, described, cfg, _describe_official(got))
     values = materialize({k: state[k] for k in wanted})
@@ -169,7 +205,7 @@ def _describe_official(got: dict) -> str:
 
 
 # --- vim_jax orbax -------------------------------------------------------------------------
-def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str) -> LoadedParams:
+def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str, new_head: bool) -> LoadedParams:
     step = orbax_io.find_step_directory(path)
     metadata = orbax_io.read_metadata(step)
     described = f"{step} ('{_ORBAX_ITEMS[which]}')"
@@ -179,14 +215,18 @@ def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str) -> Loade
         raise CheckpointMismatchError(f"checkpoint {described} was written for model {metadata.get('model')!r}, "
                                       f"not a {type(cfg).__name__} model: {error}") from None
     if source_cfg is not None:
-        _check_config(source_cfg, cfg, described, metadata.get("model"))
+        free = _RUNTIME_FIELDS | ({"num_classes"} if new_head else set())
+        _check_config(source_cfg, cfg, described, metadata.get("model"), free)
     saved = traverse_util.flatten_dict(orbax_io.saved_shapes(step, _ORBAX_ITEMS[which]))
+    if new_head:
+        saved = {k: v for k, v in saved.items() if k[0] != HEAD}
     wanted = {"/".join(k): tuple(v.shape) for k, v in expected.items()}
     got = {"/".join(map(str, k)): tuple(v.shape) for k, v in saved.items()}
     resizable = {"pos_embed"} if _resizable(got.get("pos_embed"), wanted.get("pos_embed")) else set()
     hint = f"it was written for model {metadata.get('model')!r}" if metadata else ""
     _check(wanted, got, resizable, described, cfg, hint)
-    params = traverse_util.flatten_dict(orbax_io.restore_params(step, item=_ORBAX_ITEMS[which]))
+    params = {k: v for k, v in traverse_util.flatten_dict(orbax_io.restore_params(step, item=_ORBAX_ITEMS[which])).items()
+              if k in saved}
     resized = None
     if "pos_embed" in resizable and got["pos_embed"] != wanted["pos_embed"]:
         source_grid = source_cfg.grid_size if source_cfg else None
@@ -196,16 +236,17 @@ def _read_orbax(path: Path, cfg: VimConfig, expected: dict, which: str) -> Loade
     return LoadedParams(traverse_util.unflatten_dict(params), step, "orbax", len(params), resized)
 
 
-def _check_config(source: VimConfig, target: VimConfig, described: str, model_name) -> None:
+def _check_config(source: VimConfig, target: VimConfig, described: str, model_name, free: set) -> None:
     """Refuses a checkpoint whose architecture differs in ways the shapes cannot show (class-token
-    layout, pooling, /2 of the directions, scan orders, ...)."""
+    layout, pooling, /2 of the directions, scan orders, ...); fields in `free` may differ."""
     differ = [f"{f.name}: checkpoint {getattr(source, f.name)!r}, model {getattr(target, f.name)!r}"
               for f in dataclasses.fields(target)
-              if f.name not in _RUNTIME_FIELDS and getattr(source, f.name) != getattr(target, f.name)]
+              if f.name not in free and getattr(source, f.name) != getattr(target, f.name)]
     if differ:
+        hint = [_NEW_HEAD_HINT.strip()] if len(differ) == 1 and differ[0].startswith("num_classes:") else []
         raise CheckpointMismatchError(
             f"checkpoint {described} was written for {model_name or 'a model'} with another architecture:\n  "
-            + "\n  ".join(differ))
+            + "\n  ".join(differ + hint))
 
 
 # --- shared checks -------------------------------------------------------------------------
@@ -235,6 +276,8 @@ def _check(wanted: dict, got: dict, resizable: set, described: str, cfg: VimConf
         lines.append(f"  wrong shape ({len(misshaped)}):\n    " + "\n    ".join(_limit(items)))
     if hint:
         lines.append(f"  {hint}")
+    if all(re.split(r"[./]", k)[0] == HEAD for k in missing + unexpected + [k for k, _, _ in misshaped]):
+        lines.append(_NEW_HEAD_HINT)
     raise CheckpointMismatchError("\n".join(lines))
 
 

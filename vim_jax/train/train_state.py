@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -22,7 +21,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import vim_jax
-from vim_jax.convert import load_into, open_pth, orbax_io
+from vim_jax.convert import checkpoint_num_classes, orbax_io, read_params
+from vim_jax.convert.checkpoint import HEAD
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train import optim
 from vim_jax.train.steps import TrainState
@@ -113,37 +113,21 @@ def model_metadata(config: ml_collections.ConfigDict, setup: ModelSetup) -> dict
     return orbax_io.model_metadata(setup.abstract_model.cfg, config.model_name)
 
 
-def _checkpoint_num_classes(path: str) -> int | None:
-    """The classifier width of a checkpoint (official .pth or ours), None if it has no head."""
-    if Path(path).is_dir():
-        head = orbax_io.saved_shapes(path).get("head")
-        return None if head is None else head["kernel"].shape[-1]
-    weights = open_pth(path)
-    weights = weights.get("model", weights) if isinstance(weights, dict) else weights
-    head = weights.get("head.weight") if isinstance(weights, dict) else None
-    return None if head is None else head.shape[0]
-
-
 def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, setup: ModelSetup) -> TrainState:
     """Replaces the parameters (and EMA) by those of ``config.init_from``: an official ``.pth`` or
-    a checkpoint of ours, read by ``vim_jax.convert.load_into`` (which resizes the position
+    a checkpoint of ours, read by ``vim_jax.convert.read_params`` (which resizes the position
     embedding to this model's patch grid). A classifier of another width is left out and the
     freshly initialised one kept, as upstream's ``--finetune`` does."""
     path = config.init_from
     ours = setup.abstract_model.cfg.num_classes
-    theirs = _checkpoint_num_classes(path)
-    if theirs == ours:
-        params = nnx.to_pure_dict(nnx.state(load_into(setup.abstract_model, path), nnx.Param))
-        params = put_global(params, setup.state_shardings.params)
-    else:
-        abstract = nnx.eval_shape(lambda: vim_jax.create_model(
-            config.model_name, seed=config.seed, **{**config.model.to_dict(), "num_classes": theirs or 0}))
-        loaded = nnx.to_pure_dict(nnx.state(load_into(abstract, path), nnx.Param))
-        loaded.pop("head", None)
-        shardings = {k: v for k, v in setup.state_shardings.params.items() if k != "head"}
-        fresh_head = {"head": state.params["head"]} if "head" in state.params else {}
-        params = {**put_global(loaded, shardings), **fresh_head}
-        log.info("%s has a %s-class head, the model %d classes: the head starts from scratch", path, theirs, ours)
+    theirs = checkpoint_num_classes(path)
+    new_head = theirs != ours
+    loaded = read_params(path, setup.abstract_model, new_head=new_head).params
+    shardings = {k: v for k, v in setup.state_shardings.params.items() if k in loaded}
+    params = put_global(loaded, shardings)
+    if new_head:
+        params.update({k: v for k, v in state.params.items() if k == HEAD})
+        log.info("%s has a %d-class head, the model %d classes: the head starts from scratch", path, theirs, ours)
     log.info("initialised parameters from %s", path)
     # The EMA starts from the same values in buffers of its own (the train step donates both).
     ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
