@@ -77,7 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Parallelism: mesh axis sizes (-1: the remaining devices) and logical-axis -> mesh-axis rules.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     c.sharding_rules = DEFAULT_RULES
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.distributed = False  # multi-host: join the run through jax.distributed.initialize ...
+    c.coordinator_address = None  # ... with these three, where they are not auto-detected
+    c.num_processes = None        #     (TPU pods, SLURM, Open MPI: leave them None)
+    c.process_id = None
 
     # Precision and stability.
     c.skip_nonfinite_steps = False  # False: stop at a non-finite loss; True: skip that update

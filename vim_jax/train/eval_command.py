@@ -13,7 +13,6 @@ import json
 import re
 from pathlib import Path
 
-import jax
 import ml_collections
 from flax import nnx
 
@@ -21,7 +20,7 @@ from vim_jax.convert import load_into
 from vim_jax.train import train_state
 from vim_jax.train.checkpoint import Checkpointer
 from vim_jax.train.config_file import accept_overrides, config_from_args
-from vim_jax.train.mesh import batch_sharding, make_mesh
+from vim_jax.train.mesh import batch_sharding, initialize_distributed, make_mesh
 from vim_jax.train.metrics import log_to_console
 from vim_jax.train.train import evaluate, jit_eval_step
 
@@ -41,8 +40,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
                         ema: bool = False, step: int | None = None) -> dict[str, float]:
     """Loads parameters (a run's checkpoint in ``workdir``, or ``checkpoint``) and evaluates them
     on ``config.dataset.eval_split``."""
-    if config.distributed:
-        jax.distributed.initialize()
+    initialize_distributed(config)
     mesh = make_mesh(config.mesh.to_dict())
     setup = train_state.model_setup(config, mesh)
     shardings = setup.state_shardings

@@ -37,6 +37,19 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+def initialize_distributed(config) -> None:
+    """Joins this process to a multi-host run when ``config.distributed`` (before any JAX work).
+
+    On TPU pods, SLURM and Open MPI ``jax.distributed.initialize`` finds the coordinator, the
+    number of processes and this process's id itself; elsewhere every process is given
+    ``config.coordinator_address`` (host:port of process 0), ``config.num_processes`` and its own
+    ``config.process_id``. A field left at None is auto-detected.
+    """
+    if config.distributed:
+        jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                                   num_processes=config.num_processes, process_id=config.process_id)
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``(data, fsdp)`` mesh; one size may be -1 (all remaining devices).
 

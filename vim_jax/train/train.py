@@ -81,8 +81,7 @@ def jit_eval_step(setup: train_state.ModelSetup, mesh):
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns the last
     evaluation: {'loss', 'top1', 'top5', 'count'} (+ 'ema_*' with ``config.eval_ema``)."""
-    if config.distributed:
-        jax.distributed.initialize()
+    mesh_lib.initialize_distributed(config)
     workdir = Path(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
     shards = mesh_lib.num_batch_shards(mesh)
