@@ -16,8 +16,26 @@ NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class PatchGrid:
+    """Token counts of a patch-embedding model config (fields `img_size`, `patch_size`, `stride`
+    and a `num_cls_tokens` property); shared by the Vim and DeiT configs."""
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        side = (self.img_size - self.patch_size) // self.stride + 1
+        return side, side
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_patches + self.num_cls_tokens
+
+
 @dataclasses.dataclass(frozen=True)
-class VimConfig:
+class VimConfig(PatchGrid):
     """Architecture, initialisation and precision of a Vision Mamba model.
 
     Defaults are those of the released Vim models (bidirectional "v2" mixer, outputs divided by
@@ -119,21 +137,8 @@ class VimConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        side = (self.img_size - self.patch_size) // self.stride + 1
-        return side, side
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
-    @property
     def num_cls_tokens(self) -> int:
         return {"none": 0, "head_tail": 2}.get(self.cls_token, 1)
-
-    @property
-    def seq_len(self) -> int:
-        return self.num_patches + self.num_cls_tokens
 
     @property
     def cls_positions(self) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vim_jax.config import PatchGrid
 from vim_jax.models.layers import Norm, PatchEmbed, drop_path, param, timm_trunc_normal, torch_linear_uniform
 from vim_jax.models.vim import VisionMamba
 
@@ -25,7 +26,7 @@ _timm_normal = timm_trunc_normal(0.02)  # timm's init of every Linear weight and
 
 
 @dataclasses.dataclass(frozen=True)
-class DeiTConfig:
+class DeiTConfig(PatchGrid):
     """Architecture and precision of a DeiT model (defaults: DeiT-Ti at 224).
 
     The fields shared with `VimConfig` mean the same thing there. `attention="flash"` runs the
@@ -81,21 +82,8 @@ class DeiTConfig:
         return int(self.embed_dim * self.mlp_ratio)
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        side = (self.img_size - self.patch_size) // self.stride + 1
-        return side, side
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
-    @property
     def num_cls_tokens(self) -> int:
         return 1 if self.pool == "token" else 0
-
-    @property
-    def seq_len(self) -> int:
-        return self.num_patches + self.num_cls_tokens
 
     @property
     def compute_dtype(self):
