@@ -22,7 +22,8 @@ def plot_ablation(result: dict, path: Path) -> None:
     stds = [100 * r["top1_std"] for r in rows]
     ax.bar(x, means, yerr=stds, capsize=4, color="tab:gray", alpha=0.8, label="ours: Fashion-MNIST test top-1")
     low, high = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
-    ax.set_ylim(low - 0.6 * (high - low + 0.5), high + 0.3 * (high - low + 0.5))
+    # Headroom above both series keeps the legend (top) clear of bars and diamonds.
+    ax.set_ylim(low - 0.6 * (high - low + 0.5), high + 0.5 * (high - low + 0.5))
     ax.set_ylabel("Fashion-MNIST top-1 (%)")
     ax.set_xticks(list(x), [r["label"] for r in rows], rotation=20, ha="right", fontsize=8)
     handles, labels = ax.get_legend_handles_labels()
@@ -31,9 +32,11 @@ def plot_ablation(result: dict, path: Path) -> None:
         twin = ax.twinx()
         twin.plot([i for i, _ in paper], [p for _, p in paper], "D", color="tab:orange", label="paper: ImageNet top-1")
         twin.set_ylabel("paper ImageNet-1k top-1 (%)")
+        p_low, p_high = min(p for _, p in paper), max(p for _, p in paper)
+        twin.set_ylim(p_low - 0.3 * (p_high - p_low + 0.5), p_high + 0.6 * (p_high - p_low + 0.5))
         h, l = twin.get_legend_handles_labels()
         handles, labels = handles + h, labels + l
-    ax.legend(handles, labels, loc="lower left", fontsize=8)
+    ax.legend(handles, labels, loc="upper center", ncol=2, fontsize=8)
     ax.set_title(f"{result['title']}\n{result['budget']['schedule']}, {result['budget']['seeds']} seed(s), "
                  f"{result['device']}", fontsize=9)
     fig.tight_layout()
