@@ -126,7 +126,8 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, setup:
     shardings = {k: v for k, v in setup.state_shardings.params.items() if k in loaded}
     params = put_global(loaded, shardings)
     if new_head:
-        params.update({k: v for k, v in state.params.items() if k == HEAD})
+        if HEAD in state.params:  # a model with num_classes=0 has none
+            params[HEAD] = state.params[HEAD]
         log.info("%s has a %d-class head, the model %d classes: the head starts from scratch", path, theirs, ours)
     log.info("initialised parameters from %s", path)
     # The EMA starts from the same values in buffers of its own (the train step donates both).
