@@ -40,7 +40,7 @@ _ORBAX_ITEMS = {"model": orbax_io.PARAMS_ITEM, "model_ema": orbax_io.EMA_PARAMS_
 _RUNTIME_FIELDS = {"img_size", "stride", "drop_rate", "drop_path_rate", "dtype", "scan_backend", "attention", "remat",
                    "dt_min", "dt_max", "dt_init_floor", "dt_scale", "fix_backward_dt_init"}
 _LIST_LIMIT = 12
-_NEW_HEAD_HINT = ("  only the classifier differs: to start a new one instead of the checkpoint's, pass "
+_NEW_HEAD_HINT = ("only the classifier differs: to start a new one instead of the checkpoint's, pass "
                   "num_classes=N to create_model (or new_head=True to load_into)")
 
 
@@ -243,7 +243,7 @@ def _check_config(source: VimConfig, target: VimConfig, described: str, model_na
               for f in dataclasses.fields(target)
               if f.name not in free and getattr(source, f.name) != getattr(target, f.name)]
     if differ:
-        hint = [_NEW_HEAD_HINT.strip()] if len(differ) == 1 and differ[0].startswith("num_classes:") else []
+        hint = [_NEW_HEAD_HINT] if len(differ) == 1 and differ[0].startswith("num_classes:") else []
         raise CheckpointMismatchError(
             f"checkpoint {described} was written for {model_name or 'a model'} with another architecture:\n  "
             + "\n  ".join(differ + hint))
@@ -277,7 +277,7 @@ def _check(wanted: dict, got: dict, resizable: set, described: str, cfg: VimConf
     if hint:
         lines.append(f"  {hint}")
     if all(re.split(r"[./]", k)[0] == HEAD for k in missing + unexpected + [k for k, _, _ in misshaped]):
-        lines.append(_NEW_HEAD_HINT)
+        lines.append(f"  {_NEW_HEAD_HINT}")
     raise CheckpointMismatchError("\n".join(lines))
 
 
