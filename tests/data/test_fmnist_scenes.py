@@ -84,3 +84,14 @@ def test_bad_arguments_are_refused():
         FashionMnistScenes(size=(512, 256))
     with pytest.raises(IndexError):
         FashionMnistScenes(num_scenes=3)[3]
+
+
+def test_the_example_command_writes_image_and_labels_side_by_side(tmp_path):
+    from PIL import Image
+
+    from vim_jax.data.fmnist_scenes import main
+    main([str(tmp_path / "scene.png"), "--size", "64", "--index", "2", "--split", "test"])
+    picture = np.asarray(Image.open(tmp_path / "scene.png").convert("RGB"))
+    record = FashionMnistScenes("test", size=64, num_scenes=3, items=(4, 7))[2]
+    assert picture.shape[0] == 64 and picture.shape[1] > 2 * 64 + 8
+    np.testing.assert_array_equal(picture[:, :64], record["image"])

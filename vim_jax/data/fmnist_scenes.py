@@ -9,11 +9,14 @@ the Fashion-MNIST train split, test scenes only its test split, so no item is sh
 
 Scenes are not stored: scene ``i`` is drawn from a generator seeded by (seed, split, i), so a
 source is random access and the same on every machine. Records are
-``{"image": uint8 [H, W, 3], "mask": uint8 [H, W]}``. See docs/fmnist_scenes.md.
+``{"image": uint8 [H, W, 3], "mask": uint8 [H, W]}``. See docs/fmnist_scenes.md; its picture is
+
+    python -m vim_jax.data.fmnist_scenes docs/fmnist_scenes_example.png --size 288 --index 1
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 
@@ -148,3 +151,28 @@ class FashionMnistScenes:
             image[box] = np.where(foreground[..., None], shaded, image[box])
             mask[box] = np.where(foreground, p.label + 1, mask[box])
         return {"image": np.clip(np.rint(image), 0, 255).astype(np.uint8), "mask": mask}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Writes one scene as a PNG: the image, and its labels coloured with a legend."""
+    from vim_jax.segmentation.overlay import save_overlay
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out")
+    parser.add_argument("--split", default="train", choices=sorted(_SPLIT_KEYS))
+    parser.add_argument("--size", type=int, nargs="+", default=[256, 1024], help="side, or low high")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--items", type=int, nargs=2, default=[4, 7])
+    args = parser.parse_args(argv)
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    scenes = FashionMnistScenes(args.split, size, args.index + 1, args.seed, items=tuple(args.items))
+    record = scenes[args.index]
+    labels = save_overlay(args.out, record["image"], record["mask"], alpha=1.0, class_names=CLASS_NAMES)
+    gap = np.full((record["image"].shape[0], 8, 3), 255, np.uint8)
+    Image.fromarray(np.concatenate([record["image"], gap, labels], axis=1)).save(args.out, optimize=True)
+    print(f"wrote {args.out}: {args.split} scene {args.index}, {record['mask'].shape[1]}x{record['mask'].shape[0]} px")
+
+
+if __name__ == "__main__":
+    main()
