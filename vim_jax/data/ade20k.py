@@ -25,11 +25,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vim_jax.data.ade20k_classes import NUM_CLASSES
+from vim_jax.data.seg_transforms import IGNORE_INDEX
 
 ARCHIVE = "ADEChallengeData2016.zip"
 ROOT = "ADEChallengeData2016"
 SPLITS = {"train": "training", "validation": "validation"}
-IGNORE_INDEX = 255
 FILE_FORMAT = "array_record"  # random access, as for ImageNet
 
 

@@ -203,12 +203,11 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     sector = np.floor(h).astype(np.int64) % 6
     f = h - np.floor(h)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = np.zeros(hsv.shape, np.float32)
-    for k, (cr, cg, cb) in enumerate(choices):
-        where = sector == k
-        rgb[where] = np.stack([cr[where], cg[where], cb[where]], axis=-1)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    # Per sector 0..5, which of (v, p, q, t) each channel takes.
+    red = np.choose(sector, [v, q, p, p, t, v])
+    green = np.choose(sector, [t, v, v, q, p, p])
+    blue = np.choose(sector, [p, p, t, v, v, q])
+    return np.clip(np.rint(np.stack([red, green, blue], axis=-1)), 0, 255).astype(np.uint8)
 
 
 def adjust_brightness(image: np.ndarray, delta: float) -> np.ndarray:

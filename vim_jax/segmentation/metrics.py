@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_INDEX = 255
+from vim_jax.data.seg_transforms import IGNORE_INDEX
 
 
 def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int, ignore_index: int = IGNORE_INDEX,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IGNORE_INDEX = 255
+from vim_jax.data.seg_transforms import IGNORE_INDEX
 
 ADE20K_PALETTE = np.array([
     (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80),
@@ -115,13 +115,20 @@ def _default_palette(mask: np.ndarray, ignore_index: int) -> np.ndarray:
     return distinct_palette(largest + 1)
 
 
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
 def _legend(mask: np.ndarray, palette: np.ndarray, class_names: Sequence[str] | None, height: int,
             ignore_index: int) -> Image.Image:
     # The classes present, most pixels first, as far as the panel's height allows.
     labels, counts = np.unique(mask[mask != ignore_index], return_counts=True)
     labels = labels[np.argsort(-counts, kind="stable")]
     row = 18
-    font = ImageFont.load_default(size=13)
+    font = _font(13)
     names = [class_names[k] if class_names is not None else str(k) for k in labels]
     width = 34 + max([int(font.getlength(n)) for n in names] + [60])
     panel = Image.new("RGB", (width, height), (255, 255, 255))
