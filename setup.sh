@@ -30,8 +30,9 @@ fi
 # PyTorch is only for the tests (writing real .pth files) and for exporting back to .pth; any
 # torch>=2.1 works. Its CPU build, from PyTorch's own wheel index, keeps the install small: the
 # default Linux wheel brings several GB of CUDA libraries that neither use needs, even on a GPU
-# machine. 2.13.0 is the version the tests were last run with.
-.venv/bin/pip install -q --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+# machine. 2.13.0 is the version the tests were last run with. Only torch itself comes from that
+# index (--no-deps); its dependencies come from PyPI with the library's, next.
+.venv/bin/pip install -q --no-deps --extra-index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 .venv/bin/pip install -q -e ".[$EXTRAS]"
 # A kernel of its own name for experiments/notebooks/inference.ipynb, leaving the user's default
 # python3 kernel alone.
