@@ -2,8 +2,8 @@
 
 Each variant is a registered model plus config overrides applied on top of the Fashion-MNIST
 recipe (`experiments/configs/fashion_mnist.py`), with the paper's ImageNet-1k top-1 where the
-paper reports one (Vim paper, Tables 4 and 5; the Vim-Ti numbers listed in
-/work/shared/vim_reference.md).
+paper reports one (Vim paper, arXiv 2401.09417, Tables 4 and 5, all with Vim-Ti; see
+docs/official_model.md).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ and workspace. XLA's own plan for each executable (`memory_analysis()`: argument
 temporaries) is recorded beside it in the JSON.
 
 Writes experiments/results/bench_models_<device>.{json,md} and .._highres.png / .._224.png, with
-the official PyTorch numbers of /work/shared/anchors.md drawn beside ours (dashed).
+the official PyTorch / timm numbers of the reference measurement (one H200,
+`results/reference_h200_2026-12-01.md`) drawn beside ours (dashed).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+import reference_numbers
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RESULT_PREFIX = "BENCH_RESULT "
@@ -50,18 +53,10 @@ RESULT_PREFIX = "BENCH_RESULT "
 HIGHRES = (512, 640, 738, 1024, 1248)
 SIZES = ("tiny", "small", "base")
 
-# /work/shared/anchors.md (H100, torch 2.11, bf16 autocast): resolution -> img/s and peak MiB at
-# batch 8 of the official Vim-Ti, timm DeiT-Ti with SDPA (flash) and with plain attention.
-OFFICIAL_HIGHRES = {
-    "official Vim-Ti": {512: (168, 91), 738: (248, 176), 1024: (222, 330), 1248: (166, 487)},
-    "timm DeiT-Ti SDPA": {512: (751, 58), 738: (1352, 109), 1024: (978, 202), 1248: (571, 297)},
-    "timm DeiT-Ti plain": {512: (968, 281), 738: (349, 1098), 1024: (120, 3972), 1248: (58, 8664)},
-}
-# model -> (inference img/s at batch 256, training img/s at batch 128, training peak GB), 224 px.
-OFFICIAL_224 = {
-    "vim_tiny": (4475, 873, 5.1), "vim_small": (2330, 568, 9.6),
-    "deit_tiny": (26034, 3589, 2.7), "deit_small": (17694, 3756, 5.1),
-}
+# The official Vim-Ti and timm DeiT-Ti at batch 8 (label -> px -> img/s, peak MiB) and at 224 px
+# (model -> inference img/s, training img/s, training peak MiB), from the reference result file.
+OFFICIAL_HIGHRES = reference_numbers.official_highres()
+OFFICIAL_224 = reference_numbers.official_224()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,7 +350,7 @@ def _highres_table(highres: list[dict]) -> list[str]:
 def _table_224(rows: list[dict]) -> list[str]:
     lines = ["## 224 px: inference and training", "",
               "| model | params | inference img/s (batch) | peak MiB | training img/s (batch, AdamW) | peak MiB | "
-              "official/timm inference | official/timm training (peak GB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"official/timm inference ({reference_numbers.DEVICE}) | official/timm training (peak MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model in dict.fromkeys(r["job"]["model"] for r in rows if r["job"]["section"] == "224"):
         inf = next((r for r in rows if r["job"]["section"] == "224" and r["job"]["model"] == model
                     and not r["job"]["train"]), None)
@@ -373,7 +368,7 @@ def _table_224(rows: list[dict]) -> list[str]:
 
         params = next((f"{r['params']:,}" for r in (inf, trn) if r and "params" in r), "-")
         lines.append(f"| {model} | {params} | {speed(inf)} | {peak(inf)} | {speed(trn)} | {peak(trn)} | "
-                     f"{f'{ref[0]:,}' if ref else '-'} | {f'{ref[1]:,} ({ref[2]})' if ref else '-'} |")
+                     f"{f'{ref[0]:,}' if ref else '-'} | {f'{ref[1]:,} ({ref[2]:,})' if ref else '-'} |")
     return lines
 
 
@@ -391,9 +386,8 @@ def _notes(result: dict) -> list[str]:
         notes.append("- Largest batch per resolution: not measured (pass --max-batch; every doubling compiles "
                      "and runs, several minutes on an H100).")
     lines += ["", "Notes:"] + (notes or ["- none"])
-    lines += ["- Official / timm numbers: /work/shared/anchors.md (H100, PyTorch 2.11, bf16 autocast, CUDA events). "
-              "Earlier JAX DeiT-Ti numbers there (batch 8): 512 px 4,142 img/s flash / 2,339 xla; 1024 px 1,176 / 279; "
-              "1248 px 679 / 133; 224 px batch 256 inference 43,723 (DeiT-Ti), 23,424 (DeiT-S)."]
+    lines += [f"- Official / timm numbers: {reference_numbers.REFERENCE_FILE.with_suffix('.md').name} (one "
+              f"{reference_numbers.DEVICE}, PyTorch 2.11, bf16 autocast, CUDA events), not measured by this run."]
     return lines + [""]
 
 

@@ -8,8 +8,9 @@ backward kernel.) Checks every backend (reference, associative, pallas) and the 
 the sequential reference run in float64 on the GPU (`jax.enable_x64`), values and the gradients
 of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
 first so that an output element no kernel wrote shows up. Then times forward and forward +
-backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes of
-/work/shared/anchors.md with bf16 activations and float32 A, D, delta_bias: median over repeats
+backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes of the reference
+measurement (`results/reference_h200_2026-12-01.md`: two Vim layers at 224 px and a Vim-Ti layer
+at 1248 px) with bf16 activations and float32 A, D, delta_bias: median over repeats
 of `inner` back-to-back calls closed by `jax.block_until_ready`, rotating three input sets.
 `--sweep` adds pallas tiling variants. Writes bench_scan_<device>.json / .md under --out after
 every measurement, so a run cut short keeps what it measured.
@@ -43,13 +44,14 @@ except Exception:  # another part of the package failed to import: load the ops 
     from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 import pallas_kernels.selective_scan as pss
+import reference_numbers
 
-SHAPES = [(128, 197, 768, 16), (128, 197, 384, 16), (8, 6085, 384, 16)]
-OFFICIAL = {(128, 197, 768, 16): (0.889, 3.50), (128, 197, 384, 16): (0.432, 1.86),
-            (8, 6085, 384, 16): (0.599, 3.15)}
+OFFICIAL = reference_numbers.official_scan_ms()  # the official CUDA kernel, H200 (reference file)
+SHAPES = list(OFFICIAL)
+# The project's speed goal for the kernel (ms, forward / forward + backward), not yet reached.
 TARGET = {(128, 197, 768, 16): (0.15, 0.6), (128, 197, 384, 16): (0.08, 0.3),
           (8, 6085, 384, 16): (0.15, 0.6)}
-EXP_RATE = 4.2e12  # exponentials per second on an H100's special-function units (anchors.md)
+EXP_RATE = reference_numbers.exp_rate()  # exponentials per second on the special-function units
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 ACTIVATIONS = ("u", "delta", "B", "C", "z")
 
@@ -310,9 +312,9 @@ def render(result, bw):
              f"{meta['date']}, jax {meta['jax']} / jaxlib {meta['jaxlib']}, copy bandwidth "
              f"{meta['copy_bandwidth_GBps']:.0f} GB/s. Command: `{meta['command']}`", "",
              "bf16 activations, float32 A/D/delta_bias, N=16; median ms per call. 'exp %' and 'mem %' "
-             "are the exponential floor (4.2 T/s; fwd+bwd counts the exponentials twice) and the "
+             f"are the exponential floor ({EXP_RATE / 1e12:.1f} T/s; fwd+bwd counts the exponentials twice) and the "
              "bytes floor (copy bandwidth) as a share of the measured time.", "",
-             "| shape | backend | dirs | fwd ms | fwd+bwd ms | official fwd / fwd+bwd | target | "
+             f"| shape | backend | dirs | fwd ms | fwd+bwd ms | official fwd / fwd+bwd ({reference_numbers.DEVICE}) | goal | "
              "fwd exp % | fwd mem % | f+b exp % | f+b mem % |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["timings"] + [dict(x, backend="pallas " + json.dumps(x["config"])) for x in result["sweep"]]:

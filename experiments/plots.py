@@ -62,7 +62,7 @@ def plot_bench_highres(result: dict, path: Path) -> None:
         peaks = [(s, r["peak_bytes"] / 2**20) for s, r in mine if r.get("peak_bytes")]
         if peaks:
             memory.plot(*zip(*peaks), "o-", color=color, label=f"{label} (ours, JAX)")
-    if result["platform"] == "gpu":  # the official numbers are an H100's: beside a GPU run only
+    if result["platform"] == "gpu":  # the official numbers are a GPU's (an H200): beside a GPU run only
         for label, color in _OFFICIAL_STYLE.items():
             points = sorted(result["official_highres"][label].items(), key=lambda kv: int(kv[0]))
             sizes = [int(s) for s, _ in points]

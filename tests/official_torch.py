@@ -1,4 +1,7 @@
-"""The official Vim forward pass in PyTorch float64, written from `shared/vim_reference.md`.
+"""The official Vim forward pass in PyTorch float64, written from the official model's definition.
+
+What it reproduces is described in `docs/official_model.md`, from the official repository
+(hustvl/Vim: `vim/models_mamba.py` and its bundled `mamba-1p1p1/mamba_ssm/modules/mamba_simple.py`).
 
 An independent oracle for checkpoint parity: it reads official parameter names and layouts
 (NCHW, Linear weight = [out, in]) and computes the way upstream does — flipping the sequence for

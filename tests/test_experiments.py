@@ -93,3 +93,22 @@ def test_grids_hold_the_papers_numbers_and_valid_configs():
     for grid in grids.values():
         for variant in grid.variants:  # every variant builds into a valid config
             vim_jax.get_config(variant.model_name, **ablation_grids.model_overrides(recipe, grid, variant))
+
+
+def test_reference_numbers_name_registered_models_and_the_plotted_systems():
+    """The benchmarks look the official / timm numbers up by registered model name and plot them
+    by label: a renamed entry in the reference file would only fail on a GPU run."""
+    import plots
+    import reference_numbers
+    import vim_jax
+    from vim_jax.models import deit_presets  # noqa: F401
+
+    assert set(reference_numbers.official_224()) <= set(vim_jax.list_models())
+    highres = reference_numbers.official_highres()
+    assert set(highres) == set(plots._OFFICIAL_STYLE)
+    tokens = {int(px): n for px, n in reference_numbers.load()["tokens"].items()}
+    assert all(n == (px // 16) ** 2 + 1 for px, n in tokens.items())  # patch 16 + one class token
+    for rows in highres.values():
+        assert all(px in tokens and img_s > 0 and mib > 0 for px, (img_s, mib) in rows.items())
+    for (batch, length, channels, state), (fwd, fwd_bwd) in reference_numbers.official_scan_ms().items():
+        assert length in tokens.values() and state == 16 and 0 < fwd < fwd_bwd  # a Vim layer's scan

@@ -1,4 +1,5 @@
-"""The notebooks under experiments/notebooks run from top to bottom (nbclient, this interpreter)."""
+"""The notebooks under experiments/notebooks run from top to bottom (nbclient, this interpreter),
+under the kernel name they declare, the one `setup.sh` registers."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from vim_jax.registry import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = REPO / "experiments" / "notebooks" / "inference.ipynb"
-KERNEL = "vim-jax-tests"
+KERNEL = "vim-jax"  # setup.sh registers it for the user; the tests install their own copy
 
 
 @pytest.fixture(scope="module")
 def jupyter_path(tmp_path_factory) -> str:
-    """A kernelspec running this very interpreter, so the notebook sees the environment under test
-    whatever kernels the machine has installed."""
+    """A kernelspec named `KERNEL` running this very interpreter, found before any installed one of
+    that name, so the notebook sees the environment under test whatever kernels the machine has."""
     prefix = tmp_path_factory.mktemp("jupyter")
     ipykernel.kernelspec.install(kernel_name=KERNEL, prefix=str(prefix))
     return str(prefix / "share" / "jupyter")
@@ -37,6 +38,7 @@ def execute(path: Path, jupyter_path: str, monkeypatch, **env) -> tuple[str, int
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     notebook = nbformat.read(path, as_version=4)
+    assert notebook.metadata.kernelspec.name == KERNEL, "the notebook must name the kernel setup.sh installs"
     NotebookClient(notebook, kernel_name=KERNEL, timeout=300, resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)

@@ -16,7 +16,7 @@ _CACHE_OPTIONS = {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_c
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this session; the previous settings come back afterwards."""
+    """A persistent XLA cache for the whole pytest run; the previous settings come back afterwards."""
     directory = str(tmp_path_factory.mktemp("xla_cache"))
     previous = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
     for name, value in {**_CACHE_OPTIONS, "jax_compilation_cache_dir": directory}.items():
