@@ -215,6 +215,7 @@ def main():
                          "in float32 at two small shapes, the other backends at the first shape; "
                          "full: every backend and direction everywhere (about twice as long)")
     ap.add_argument("--backends", default="mosaic,pallas,associative,reference")
+    ap.add_argument("--check-backends", default="", help="the kernels to check (default: all given)")
     ap.add_argument("--variant-bwd", action="store_true", help="also time fwd+bwd of mosaic:... variants")
     ap.add_argument("--shapes", default="0,1,2")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
@@ -249,7 +250,10 @@ def main():
         ref_cache = {}
         plan = []
         check_shapes = shapes if args.checks == "full" else [shapes[0], shapes[-1]]
-        kernels = [b for b in backends if is_kernel(b) and mosaic_variant(b) is None]
+        if args.check_backends:
+            kernels = [b for b in backends if is_kernel(b) and b in args.check_backends.split(",")]
+        else:
+            kernels = [b for b in backends if is_kernel(b) and mosaic_variant(b) is None]
         for i, shape in enumerate(check_shapes):
             for b in kernels:
                 plan += [(b, shape, False, False, jnp.bfloat16), (b, shape, True, False, jnp.bfloat16)]
@@ -264,8 +268,8 @@ def main():
                 if args.checks == "full":
                     plan += [(b, shape, False, False, jnp.float32), (b, shape, False, True, jnp.float32),
                              (b, shape, True, False, jnp.float32)]
-                else:  # one direction scanning in reverse at the first, both fused at the second
-                    plan += [(b, shape, i == 1, i == 0, jnp.float32)]
+                else:  # in turn: one direction in reverse, both fused, one direction forward
+                    plan += [(b, shape, i % 3 == 1, i % 3 == 0, jnp.float32)]
         for i, (b, shape, bidir, rev, dt) in enumerate(plan):
             t0 = time.perf_counter()
             try:

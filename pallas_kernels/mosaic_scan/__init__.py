@@ -42,7 +42,7 @@ def selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias, delta_soft
     length, state = u.shape[2], A.shape[-1]
     itemsize = jnp.dtype(u.dtype).itemsize
     if not forward.fits(length, 2, 2 * (state + state % 2), itemsize, itemsize, z is not None,
-                        cfg.tile, cfg.stages):
+                        cfg.tile, cfg.stages, itemsize if cfg.park_in_output_dtype else 4):
         raise NotImplementedError(
             f"mosaic fused bidirectional scan: {length} tokens of parked output exceed shared memory")
     static = Static(revs=(False, True), delta_softplus=bool(delta_softplus), scale=float(out_scale),

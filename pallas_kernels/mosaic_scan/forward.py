@@ -30,17 +30,18 @@ W = CHANNELS_PER_CTA
 
 
 def smem_bytes(length: int, ndir: int, state_cols: int, act_itemsize: int, out_itemsize: int,
-               has_z: bool, tile: int, stages: int) -> int:
+               has_z: bool, tile: int, stages: int, park_itemsize: int = 4) -> int:
     """Shared memory one CTA takes: the pipeline ring and, with two directions, the parked y_0."""
     tile = min(tile, length)
     n_vec = 2 + int(has_z)
     ring = stages * tile * (n_vec * W * act_itemsize + state_cols * 4 + W * out_itemsize)
-    park = (-(-length // tile) * tile * W * 4) if ndir == 2 else 0
+    park = (-(-length // tile) * tile * W * park_itemsize) if ndir == 2 else 0
     return ring + park
 
 
-def fits(length, ndir, state_cols, act_itemsize, out_itemsize, has_z, tile, stages) -> bool:
-    return smem_bytes(length, ndir, state_cols, act_itemsize, out_itemsize, has_z, tile, stages) <= SMEM_BYTES
+def fits(*args, **kwargs) -> bool:
+    """Whether `smem_bytes(*args, **kwargs)` is within what a block may use."""
+    return smem_bytes(*args, **kwargs) <= SMEM_BYTES
 
 
 def scan_forward(u, delta, z, bc, params, *, state: int, static: Static):
@@ -64,7 +65,8 @@ def scan_forward(u, delta, z, bc, params, *, state: int, static: Static):
     scratch = dict(
         u=ring(W, u.dtype), d=ring(W, delta.dtype), bc=ring(2 * state_pad, F32), o=ring(W, u.dtype),
         z=ring(W, z.dtype) if static.has_z else None,
-        park=plgpu.SMEM((n_tiles * tile, W), F32) if ndir == 2 else None,
+        park=plgpu.SMEM((n_tiles * tile, W), u.dtype if cfg.park_in_output_dtype else F32)
+        if ndir == 2 else None,
         # One barrier per slot and direction; every copy into a slot arrives on it once.
         bars=[plgpu.Barrier(num_arrivals=3 + int(static.has_z and k == ndir - 1), num_barriers=stages)
               for k in range(ndir)],
@@ -168,10 +170,10 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, tail, n_tiles, s
                 h[n] = jnp.exp2(dt * A2[n]) * h[n] + dtu * bc_s[j, n]
                 y = y + h[n] * bc_s[j, state_pad + n]
             if not last:  # first of two directions: park scale * y for the second
-                smem["park"][row0 + j] = static.scale * y
+                smem["park"][row0 + j] = (static.scale * y).astype(smem["park"].dtype)
                 continue
             if ndir == 2:
-                y = smem["park"][row0 + j] + static.scale * y
+                y = smem["park"][row0 + j].astype(F32) + static.scale * y
             elif static.scale != 1.0:
                 y = static.scale * y
             if gate:
