@@ -1,12 +1,11 @@
 """Pallas Mosaic GPU selective scan (Mamba's S6) for Hopper GPUs: backend "mosaic".
 
-Forward kernels for one direction and for both directions fused (`forward.py`); the backward
-differentiates the Triton kernels' call (`vjp.py`). Importing this package registers the backend
+Forward kernels for one direction and for both directions fused (`forward.py`); under
+differentiation the call runs through the Triton kernels, forward and backward (`vjp.py`). Importing this package registers the backend
 with `vim_jax.ops.selective_scan` (not as a default: see pallas_kernels/NOTES.md for where it is
 faster). The kernels raise `NotImplementedError`, so the op falls through to the next backend,
-off Hopper GPUs unless interpreted (`interpret=True` or env VIM_JAX_MOSAIC_INTERPRET=1), for
-dtypes other than float32 and bfloat16, and (fused) where the parked first direction would not
-fit in shared memory.
+off Hopper GPUs unless interpreted (`interpret=True` or env VIM_JAX_MOSAIC_INTERPRET=1) and for
+dtypes other than float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -35,16 +34,14 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
 
 def selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale, *,
                                  config: MosaicScanConfig | None = None, interpret: bool | None = None):
-    """See `vim_jax.ops.selective_scan_bidirectional`: both directions in one launch, for
-    sequences whose parked first direction fits in shared memory (about 350 tokens)."""
+    """See `vim_jax.ops.selective_scan_bidirectional`: both directions in one launch where the
+    parked first direction fits in shared memory (up to about 350 tokens in float32), else two."""
     interpret = availability.check_runnable((u, delta, A, B, C, D, z, delta_bias), interpret)
     cfg = config or MosaicScanConfig()
     length, state = u.shape[2], A.shape[-1]
     itemsize = jnp.dtype(u.dtype).itemsize
-    if not forward.fits(length, 2, 2 * (state + state % 2), itemsize, itemsize, z is not None,
-                        cfg.tile, cfg.stages, itemsize if cfg.park_in_output_dtype else 4):
-        raise NotImplementedError(
-            f"mosaic fused bidirectional scan: {length} tokens of parked output exceed shared memory")
+    fused = forward.fits(length, 2, 2 * (state + state % 2), itemsize, itemsize, z is not None,
+                         cfg.tile, cfg.stages, itemsize if cfg.park_in_output_dtype else 4)
     static = Static(revs=(False, True), delta_softplus=bool(delta_softplus), scale=float(out_scale),
-                    has_z=z is not None, cfg=cfg, interpret=interpret)
+                    has_z=z is not None, cfg=cfg, interpret=interpret, fused=fused)
     return vjp.scan(u, delta, A, B, C, D, z, delta_bias, static)

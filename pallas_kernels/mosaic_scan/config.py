@@ -47,3 +47,4 @@ class Static:
     has_z: bool
     cfg: MosaicScanConfig
     interpret: bool
+    fused: bool = True  # two directions in one launch (else two launches, see `vjp`)

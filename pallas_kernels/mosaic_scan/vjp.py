@@ -1,13 +1,18 @@
 """Argument preparation and the custom VJP of the Mosaic GPU scan.
 
-There is no Mosaic GPU backward kernel yet. The VJP's backward differentiates the same call made
-through the "pallas" backend (the Triton kernels, which recompute their own forward and save their
-chunk-entry states), or through "reference" where those cannot run (on CPU, interpreted). So a
-training step pays this forward plus the Triton forward and backward.
+There is no Mosaic GPU backward kernel yet. Under differentiation the forward rule runs the same
+call through the "pallas" backend (the Triton kernels, which save their own chunk-entry states),
+or through "reference" where those cannot run (on CPU, interpreted), and the backward is that
+call's VJP. So a training step costs exactly the Triton forward and backward, and only calls that
+are not differentiated (inference) run the Mosaic GPU forward.
+
+Two directions whose parked output does not fit in shared memory (`Static.fused` False) run as two
+one-direction launches combined in XLA.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -37,6 +42,8 @@ def _pad_last(x, multiple):
 
 
 def _forward(u, delta, A, B, C, D, z, bias, static):
+    if len(static.revs) == 2 and not static.fused:
+        return _two_launches(u, delta, A, B, C, D, z, bias, static)
     ndir, _, _, channels = u.shape
     state = A.shape[-1]
     # Rows of [B | C] as float32: B and C are `channels / state` times smaller than u, and every
@@ -54,6 +61,18 @@ def _forward(u, delta, A, B, C, D, z, bias, static):
     return out[..., :channels]
 
 
+def _two_launches(u, delta, A, B, C, D, z, bias, static):
+    def one(k):
+        pick = lambda x: None if x is None else x[k:k + 1]
+        single = dataclasses.replace(static, revs=(static.revs[k],), scale=1.0, has_z=False, fused=True)
+        return _forward(pick(u), pick(delta), pick(A), pick(B), pick(C), pick(D), None, pick(bias), single)
+
+    y = (one(0).astype(jnp.float32) + one(1).astype(jnp.float32)) * static.scale
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(jnp.float32))
+    return y.astype(u.dtype)
+
+
 def _through_backend(u, delta, A, B, C, D, z, bias, static):
     """The same call through the fallback backends (differentiable there)."""
     from vim_jax.ops import selective_scan, selective_scan_bidirectional
@@ -67,13 +86,12 @@ def _through_backend(u, delta, A, B, C, D, z, bias, static):
 
 
 def _fwd_rule(u, delta, A, B, C, D, z, bias, static):
-    out = _forward(u, delta, A, B, C, D, z, bias, static)
-    return out, (u, delta, A, B, C, D, z, bias)
+    # The residuals are the fallback's own (its VJP closure, a pytree of arrays).
+    return jax.vjp(functools.partial(_through_backend, static=static), u, delta, A, B, C, D, z, bias)
 
 
-def _bwd_rule(static, res, dout):
-    _, vjp = jax.vjp(functools.partial(_through_backend, static=static), *res)
-    return vjp(dout)
+def _bwd_rule(static, backward, dout):
+    return backward(dout)
 
 
 _scan.defvjp(_fwd_rule, _bwd_rule)
