@@ -4,7 +4,7 @@
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_scan.py --out experiments/results
 
 (about 5 minutes on an H100, most of it compiling: Triton's coalescing pass takes ~10 s per
-backward kernel.) Checks every backend (reference, associative, pallas) and the fused bidirectional scan against
+backward kernel.) Checks every backend (reference, associative, pallas, mosaic) and the fused bidirectional scan against
 the sequential reference run in float64 on the GPU (`jax.enable_x64`), values and the gradients
 of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
 first so that an output element no kernel wrote shows up. Then times forward and forward +
@@ -12,7 +12,8 @@ backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes o
 measurement (`results/reference_h200_2026-12-01.md`: two Vim layers at 224 px and a Vim-Ti layer
 at 1248 px) with bf16 activations and float32 A, D, delta_bias: median over repeats
 of `inner` back-to-back calls closed by `jax.block_until_ready`, rotating three input sets.
-`--sweep` adds pallas tiling variants. Writes bench_scan_<device>.json / .md under --out after
+`--sweep` adds pallas tiling variants; a backend named `mosaic:tile=16:stages=2` is the mosaic
+kernel with that `MosaicScanConfig` (timed forward only, unless `--variant-bwd`). Writes bench_scan_<device>.json / .md under --out after
 every measurement, so a run cut short keeps what it measured.
 """
 
@@ -43,6 +44,7 @@ except Exception:  # another part of the package failed to import: load the ops 
     sys.modules["vim_jax"] = pkg
     from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
+import pallas_kernels.mosaic_scan as mss  # registers backend "mosaic"
 import pallas_kernels.selective_scan as pss
 import reference_numbers
 
@@ -51,6 +53,7 @@ SHAPES = list(OFFICIAL)
 # The project's speed goal for the kernel (ms, forward / forward + backward), not yet reached.
 TARGET = {(128, 197, 768, 16): (0.15, 0.6), (128, 197, 384, 16): (0.08, 0.3),
           (8, 6085, 384, 16): (0.15, 0.6)}
+TARGET_BIDIR = {(128, 197, 768, 16): (0.28, 1.10), (8, 6085, 384, 16): (0.28, 1.10)}
 EXP_RATE = reference_numbers.exp_rate()  # exponentials per second on the special-function units
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 ACTIVATIONS = ("u", "delta", "B", "C", "z")
@@ -75,7 +78,27 @@ def make_inputs(seed, shape, bidir, act_dtype):
     return {k: v.astype(act_dtype) if k in ACTIVATIONS else v for k, v in x.items()}
 
 
+def is_kernel(backend):
+    return backend.split(":")[0] in ("pallas", "mosaic")
+
+
+def mosaic_variant(backend):
+    """MosaicScanConfig of a backend named 'mosaic:key=value:key=value', else None."""
+    name, _, spec = backend.partition(":")
+    if name != "mosaic" or not spec:
+        return None
+    kv = dict(item.split("=") for item in spec.split(":"))
+    return mss.MosaicScanConfig(**{k: (v.lower() == "true") if v.lower() in ("true", "false") else int(v)
+                                   for k, v in kv.items()})
+
+
 def scan_fn(backend, bidir, reverse=False):
+    cfg = mosaic_variant(backend)
+    if cfg is not None:
+        names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+        if bidir:
+            return lambda a: mss.selective_scan_bidirectional(*(a[k] for k in names), True, 0.5, config=cfg)
+        return lambda a: mss.selective_scan(*(a[k] for k in names), True, reverse, config=cfg)
     if bidir:
         return lambda a: selective_scan_bidirectional(**a, out_scale=0.5, backend=backend)
     return lambda a: selective_scan(**a, reverse=reverse, backend=backend)
@@ -119,9 +142,11 @@ def check(backend, shape, bidir, reverse, act_dtype, seed, ref_cache):
                 x64, jnp.asarray(np.asarray(cot, np.float64)))
             ref_cache[key] = (np.asarray(r_out), {k: np.asarray(v) for k, v in r_g.items()})
     r_out, r_g = ref_cache[key]
+    # Values from the plain call: under jax.vjp a backend may run another forward (mosaic does).
     poison_free_memory()
-    out, g = jax.jit(_value_and_vjp(f))(x, cot)
-    errs = {"out": rel_err(out, r_out)}
+    errs = {"out": rel_err(jax.jit(f)(x), r_out)}
+    poison_free_memory()
+    _, g = jax.jit(_value_and_vjp(f))(x, cot)
     errs.update({k: rel_err(g[k], r_g[k]) for k in NAMES})
     return errs
 
@@ -191,7 +216,9 @@ def main():
                     help="quick: pallas in bf16 at the first and last shape (one direction and fused), "
                          "in float32 at two small shapes, the other backends at the first shape; "
                          "full: every backend and direction everywhere (about twice as long)")
-    ap.add_argument("--backends", default="pallas,associative,reference")
+    ap.add_argument("--backends", default="mosaic,pallas,associative,reference")
+    ap.add_argument("--check-backends", default="", help="the kernels to check (default: all given)")
+    ap.add_argument("--variant-bwd", action="store_true", help="also time fwd+bwd of mosaic:... variants")
     ap.add_argument("--shapes", default="0,1,2")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
     ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
@@ -225,20 +252,26 @@ def main():
         ref_cache = {}
         plan = []
         check_shapes = shapes if args.checks == "full" else [shapes[0], shapes[-1]]
+        if args.check_backends:
+            kernels = [b for b in backends if is_kernel(b) and b in args.check_backends.split(",")]
+        else:
+            kernels = [b for b in backends if is_kernel(b) and mosaic_variant(b) is None]
         for i, shape in enumerate(check_shapes):
-            if "pallas" in backends:
-                plan += [("pallas", shape, False, False, jnp.bfloat16), ("pallas", shape, True, False, jnp.bfloat16)]
+            for b in kernels:
+                plan += [(b, shape, False, False, jnp.bfloat16), (b, shape, True, False, jnp.bfloat16)]
             if args.checks == "full" or i == 0:
-                plan += [(b, shape, False, False, jnp.bfloat16) for b in backends if b not in ("reference", "pallas")]
+                plan += [(b, shape, False, False, jnp.bfloat16) for b in backends
+                         if b != "reference" and not is_kernel(b)]
         f32_shapes = [(4, 197, 768, 16), (2, 2500, 192, 16)]
         if args.check_shapes_json:
             f32_shapes = [tuple(s) for s in json.loads(args.check_shapes_json)]
-        for i, shape in enumerate(f32_shapes if "pallas" in backends else []):  # float32: the kernels' own precision
-            if args.checks == "full":
-                plan += [("pallas", shape, False, False, jnp.float32), ("pallas", shape, False, True, jnp.float32),
-                         ("pallas", shape, True, False, jnp.float32)]
-            else:  # one direction scanning in reverse at the first, both fused at the second
-                plan += [("pallas", shape, i == 1, i == 0, jnp.float32)]
+        for i, shape in enumerate(f32_shapes):  # float32: the kernels' own precision
+            for b in kernels:
+                if args.checks == "full":
+                    plan += [(b, shape, False, False, jnp.float32), (b, shape, False, True, jnp.float32),
+                             (b, shape, True, False, jnp.float32)]
+                else:  # in turn: one direction in reverse, both fused, one direction forward
+                    plan += [(b, shape, i % 3 == 1, i % 3 == 0, jnp.float32)]
         for i, (b, shape, bidir, rev, dt) in enumerate(plan):
             t0 = time.perf_counter()
             try:
@@ -256,16 +289,19 @@ def main():
             print(f"check {b:11s} {str(shape):22s} bidir={bidir:d} rev={rev:d} {rec['dtype']:8s} "
                   f"{'OK ' if ok else 'BAD'} worst {worst:.1e} out {errs.get('out', float('nan')):.1e} "
                   f"({rec['seconds']:.0f}s)", flush=True)
-            if i == 0 and b == "pallas" and "error" in errs:
-                print("the first pallas check failed to run: skipping pallas timings", flush=True)
-                backends = [x for x in backends if x != "pallas"]
-                args.sweep = ""
+            if is_kernel(b) and "error" in errs and not any(c["backend"] == b and "error" not in c["errs"]
+                                                              for c in result["checks"]):
+                print(f"the first {b} check failed to run: skipping its timings", flush=True)
+                backends = [x for x in backends if x != b]
+                if b == "pallas":
+                    args.sweep = ""
         ref_cache.clear()
 
     def timed(backend, shape, bidir):
         """time_variant's result, or the error (a failed variant must not end the run)."""
+        with_bwd = args.variant_bwd or mosaic_variant(backend) is None
         try:
-            return time_variant(backend, shape, bidir, args.reps, args.inner)
+            return time_variant(backend, shape, bidir, args.reps, args.inner, with_bwd=with_bwd)
         except Exception as e:
             traceback.print_exc()
             return {"error": repr(e)[:300]}
@@ -283,7 +319,7 @@ def main():
                     save()
                     print("time", b, shape, "bidir" if bidir else "one", r, flush=True)
 
-    run_timings([b for b in backends if b == "pallas"])
+    run_timings([b for b in backends if is_kernel(b)])  # the kernels side by side, shape by shape
 
     for cfg_dict in json.loads(args.sweep or "[]"):
         # keys starting with "_" pick where to time it: "_shapes" (indices), "_bidir" (list of bools)
@@ -300,7 +336,7 @@ def main():
                 print("sweep", cfg_dict, shape, "bidir" if bidir else "one", r, flush=True)
         pss.set_config(None)
 
-    run_timings([b for b in backends if b != "pallas"])
+    run_timings([b for b in backends if not is_kernel(b)])
 
     save()
     print(render(result, bw), flush=True)
@@ -323,15 +359,19 @@ def render(result, bw):
             lines.append(f"| {shape} | {r['backend']} | {'2' if r['bidir'] else '1'} | error | | | | | | | |")
             continue
         ef, efb, mf, mfb = floors(shape, r["bidir"], bw)
-        f, fb = r["fwd"][0], r["fwdbwd"][0]
-        off, tgt = OFFICIAL.get(shape), TARGET.get(shape)
+        f = r["fwd"][0]
+        fb = r["fwdbwd"][0] if "fwdbwd" in r else None
+        off = OFFICIAL.get(shape)
+        tgt = (TARGET_BIDIR if r["bidir"] else TARGET).get(shape)
         off_s = tgt_s = ""
         if off:
             off_s = f"{off[0]} / {off[1]}" if not r["bidir"] else f"{2 * off[0]:.3f} / {2 * off[1]:.2f} (2 calls)"
-            tgt_s = f"{tgt[0]} / {tgt[1]}" if not r["bidir"] else "< 2x one dir"
+        if tgt:
+            tgt_s = f"{tgt[0]} / {tgt[1]}"
+        fb_cols = (f"{fb * 1e3:.3f}", f"{100 * efb / fb:.0f}", f"{100 * mfb / fb:.0f}") if fb else ("-", "", "")
         lines.append(f"| {shape} | {r['backend']} | {'2' if r['bidir'] else '1'} | {f * 1e3:.3f} | "
-                     f"{fb * 1e3:.3f} | {off_s} | {tgt_s} | {100 * ef / f:.0f} | {100 * mf / f:.0f} | "
-                     f"{100 * efb / fb:.0f} | {100 * mfb / fb:.0f} |")
+                     f"{fb_cols[0]} | {off_s} | {tgt_s} | {100 * ef / f:.0f} | {100 * mf / f:.0f} | "
+                     f"{fb_cols[1]} | {fb_cols[2]} |")
     lines += ["", "## Correctness (relative L2 error vs float64 reference; worst of out and 8 gradients)", "",
               "| backend | shape | dirs | reverse | dtype | ok | out | worst grad |", "|---|---|---|---|---|---|---|---|"]
     for c in result["checks"]:

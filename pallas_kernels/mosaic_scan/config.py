@@ -1,0 +1,50 @@
+"""Static settings of one Mosaic GPU scan call (hashable: they key the custom VJP)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): ex2 is the special-function instruction
+CHANNELS_PER_CTA = 128  # one warpgroup, one channel per thread
+# Shared memory a block may use on Hopper (the launch refuses more), less a margin for the
+# pipeline's barriers and the compiler's own scratch.
+SMEM_BYTES = 232_448 - 8_192
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicScanConfig:
+    """tile: tokens per TMA copy (rows of u, delta, z, B, C per pipeline step).
+    stages: token tiles in flight in the shared-memory ring (`emit_pipeline`'s
+      `max_concurrent_steps`).
+    approx_math: `ex2.approx` and friends (`CompilerParams(approx_math=True)`).
+    auto_barriers: let Pallas put a warpgroup barrier around every shared-memory store (two per
+      token). The kernel needs none: each thread reads and writes only its own column of the
+      parked output, and every hand-over of a slot (TMA to threads, threads to TMA, a slot
+      refilled) already has its barrier.
+    park_in_output_dtype: the fused kernel parks `scale * y_0` in the output's dtype (bf16: half
+      the shared memory, so twice the CTAs per SM at 197 tokens, for one more bf16 rounding of
+      half the sum) instead of float32.
+    """
+
+    tile: int = 16
+    stages: int = 3
+    approx_math: bool = True
+    auto_barriers: bool = False
+    park_in_output_dtype: bool = False
+
+    def __post_init__(self):
+        if self.tile < 1 or self.stages < 1:
+            raise ValueError(f"MosaicScanConfig: tile and stages must be positive, got {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything about one call that is not an array."""
+
+    revs: tuple  # per direction, whether it scans last-to-first
+    delta_softplus: bool
+    scale: float
+    has_z: bool
+    cfg: MosaicScanConfig
+    interpret: bool
+    fused: bool = True  # two directions in one launch (else two launches, see `vjp`)

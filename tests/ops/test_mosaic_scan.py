@@ -1,0 +1,87 @@
+"""The Mosaic GPU selective-scan kernels, run by the Mosaic GPU interpreter on CPU.
+
+The interpreter simulates shared memory, TMA copies and barriers, so these tests run the real
+kernel body with its ring of slots. Shapes stay small (the interpreter executes every op of every
+thread) but awkward: lengths that leave a ragged last tile, channel counts off the 128-channel CTA
+width, more than one CTA along channels, an odd state count. The backward goes through the
+fallback backends (`vjp.py`), so the gradient tests check that wiring.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import pallas_kernels.mosaic_scan as ms
+from pallas_kernels.mosaic_scan import availability
+from tests.ops.scan_test_base import SelectiveScanTestBase, oracle, random_scan_inputs, rel_err
+from vim_jax.ops import selective_scan, selective_scan_bidirectional
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    monkeypatch.setenv(availability.INTERPRET_ENV, "1")
+
+
+class TestMosaic(SelectiveScanTestBase):
+    backend = "mosaic"
+    # Interpreting costs seconds per call: a few tiles of 16 tokens, 1 or 2 CTAs of 128 channels.
+    shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
+
+
+def _f32(inputs):
+    return {k: jnp.asarray(v, jnp.float32) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("tile,stages,reverse", [(1, 1, True), (4, 2, False), (4, 3, True)])
+def test_ring_sizes_give_the_same_scan(tile, stages, reverse):
+    """Rings of 1 to 3 slots, tiles of 1 or 4 tokens over 9 tokens (a ragged tile of 1)."""
+    inputs = random_scan_inputs(80, 1, 9, 7, 4)
+    ref, _ = oracle(inputs, reverse)
+    a = _f32(inputs)
+    out = ms.selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"],
+                            True, reverse, config=ms.MosaicScanConfig(tile=tile, stages=stages))
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_single_token():
+    inputs = random_scan_inputs(81, 1, 1, 6, 2, lead=(2,))
+    ref, _ = oracle(inputs, bidirectional=True)
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend="mosaic"), ref) < 1e-5
+
+
+def test_long_bidirectional_runs_as_two_launches(monkeypatch):
+    """Where the parked first direction would not fit in shared memory (here: none does), both
+    directions run as two launches with the same values."""
+    from pallas_kernels.mosaic_scan import forward
+
+    monkeypatch.setattr(forward, "SMEM_BYTES", 0)
+    inputs = random_scan_inputs(82, 1, 11, 3, 2, lead=(2,))
+    ref, _ = oracle(inputs, bidirectional=True)
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend="mosaic"), ref) < 1e-5
+
+
+def test_not_runnable_without_hopper_or_interpret(monkeypatch):
+    monkeypatch.setenv(availability.INTERPRET_ENV, "0")
+    inputs = _f32(random_scan_inputs(83, 1, 9, 3, 2))
+    if jax.default_backend() != "gpu":
+        with pytest.raises(NotImplementedError, match="Hopper"):
+            selective_scan(**inputs, backend="mosaic")
+    assert selective_scan(**inputs, backend=("mosaic", "reference")).shape == (1, 9, 3)
+
+
+def test_float64_falls_through():
+    with jax.enable_x64(True):
+        inputs = {k: jnp.asarray(v) for k, v in random_scan_inputs(84, 1, 9, 3, 2).items()}
+        with pytest.raises(NotImplementedError, match="float32 and bfloat16"):
+            selective_scan(**inputs, backend="mosaic")
+        assert selective_scan(**inputs, backend=("mosaic", "reference")).dtype == jnp.float64
+
+
+def test_not_a_default_backend():
+    """Registered by name only, until a benchmark shows it faster (pallas_kernels/NOTES.md)."""
+    from vim_jax.ops.selective_scan import candidate_backends, list_backends
+
+    assert "mosaic" in list_backends()
+    assert "mosaic" not in candidate_backends(None)
