@@ -149,7 +149,7 @@ def test_device_transform_train_outputs_are_crops_or_flipped_crops():
 
 
 def test_fashion_mnist_path_never_imports_tensorflow():
-    code = ("import sys; from vim_jax.data import fashion_mnist, iterators, mixup, pil_transforms, imagenet_labels;"
+    code = ("import sys; from vim_jax.data import fashion_mnist, pipeline, sampler, mixup, pil_transforms, imagenet_labels;"
             "fashion_mnist.load_fashion_mnist('test'); imagenet_labels.imagenet_class_names();"
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})

@@ -120,3 +120,20 @@ def test_hosts_read_disjoint_slices_that_make_the_single_host_batch(fake_imagene
     assert not np.array_equal(images[copies[0]], images[copies[1]])
     for it in [whole, *hosts]:
         it.close()
+
+
+def test_worker_processes_build_the_same_batches_and_resume_with_another_worker_count(fake_imagenet):
+    data_dir, _ = fake_imagenet
+    make = lambda workers: imagenet.imagenet_iterator(data_dir, "train", 6, seed=1, image_size=32,  # noqa: E731
+                                                      num_workers=workers)
+    with make(0) as in_process:
+        expected = [next(in_process) for _ in range(5)]  # crosses into epoch 1 (4 steps per epoch)
+    with make(2) as two_workers:
+        got = [next(two_workers) for _ in range(2)]
+        state = json.loads(json.dumps(two_workers.get_state()))
+    with make(1) as one_worker:
+        one_worker.set_state(state)
+        got += [next(one_worker) for _ in range(3)]
+    for want, batch in zip(expected, got, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(batch[key], want[key])

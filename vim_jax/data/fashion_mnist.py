@@ -4,8 +4,8 @@ The training machine has no TensorFlow, so this path imports numpy and jax alone
 original gzip'd IDX files under ``/usr/share/datasets/fashion-mnist`` (override with the
 ``VIM_JAX_FASHION_MNIST_DIR`` environment variable or a ``data_dir`` argument).
 
-Pipeline: :func:`fashion_mnist_iterator` gives resumable, host-sharded batches (see
-``iterators.py``) of ``image`` float32 [batch, height, width, channels] (channels-last), ``label``
+Pipeline: :func:`fashion_mnist_iterator` gives resumable, host-sharded batches (a Grain
+pipeline, see ``pipeline.py``) of ``image`` float32 [batch, height, width, channels] (channels-last), ``label``
 int32 and ``mask``. Training batches get a random crop from the zero-padded image and a random
 horizontal flip, computed in numpy on the host; or pass ``augment_on_device=True`` to receive raw
 uint8 images and call :func:`fashion_mnist_device_transform` inside the jitted step instead.
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vim_jax.data.constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from vim_jax.data.iterators import ArrayIterator, IndexSampler
+from vim_jax.data.pipeline import DataIterator, array_iterator
 from vim_jax.data.resize import resize_matrix
+from vim_jax.data.sampler import IndexSampler
 from vim_jax.data.seeding import hash_randint, hash_uniform
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -197,7 +198,7 @@ def fashion_mnist_iterator(split: str, global_batch_size: int, *, train: bool | 
                            spec: FashionMnistPreprocess = FashionMnistPreprocess(),
                            augment_on_device: bool = False, num_repeats: int = 1, num_replicas: int = 1,
                            process_index: int | None = None, process_count: int | None = None,
-                           data_dir: str | os.PathLike | None = None) -> ArrayIterator:
+                           data_dir: str | os.PathLike | None = None) -> DataIterator:
     """Resumable host-local batches of Fashion-MNIST.
 
     Args:
@@ -219,9 +220,12 @@ def fashion_mnist_iterator(split: str, global_batch_size: int, *, train: bool | 
                            num_repeats=num_repeats, num_replicas=num_replicas,
                            process_index=process_index, process_count=process_count)
     if augment_on_device:
-        def transform(batch, positions):
-            return {**batch, "image": batch["image"][..., None], "label": batch["label"].astype(np.int32)}
+        transform = _raw_images
     else:
         transform = functools.partial(fashion_mnist_numpy_transform, seed=seed, train=train, spec=spec)
-    return ArrayIterator({"image": images, "label": labels}, sampler, transform,
-                         num_steps=None if train else sampler.steps_per_epoch)
+    return array_iterator({"image": images, "label": labels}, sampler, transform,
+                          num_steps=None if train else sampler.steps_per_epoch)
+
+
+def _raw_images(batch: dict, positions: np.ndarray) -> dict:
+    return {**batch, "image": batch["image"][..., None], "label": batch["label"].astype(np.int32)}

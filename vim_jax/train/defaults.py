@@ -36,6 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
         "rand_augment": "rand-m9-mstd0.5-inc1",
         "random_erasing": 0.25,
         "eval_crop_pct": 0.875,
+        "num_workers": 0,           # Grain worker processes decoding and augmenting (0: threads)
         # fashion_mnist only:
         "channels": 1,
         "crop_padding": 4,

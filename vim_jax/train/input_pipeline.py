@@ -4,8 +4,8 @@ Datasets (``config.dataset.name``):
 
 * ``fashion_mnist``: numpy only (``vim_jax.data.fashion_mnist``); never imports TensorFlow, so it
   runs where TF is not installed.
-* ``imagenet2012``: the TFDS builder read by tf.data (``vim_jax.data.imagenet``), imported only
-  when asked for. ``dataset.manual_dir`` (the official tars) is prepared into
+* ``imagenet2012``: the TFDS builder's ArrayRecord files read by Grain, ``dataset.num_workers``
+  worker processes decoding and augmenting (``vim_jax.data.imagenet``), imported only when asked for. ``dataset.manual_dir`` (the official tars) is prepared into
   ``dataset.data_dir`` on first use.
 
 Iterators yield host-local batches (``image``, ``label``, ``mask``) for global steps; their state
@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from vim_jax.data import mixup
-from vim_jax.data.iterators import ResumableIterator
+from vim_jax.data.pipeline import DataIterator
 
 DATASETS = ("fashion_mnist", "imagenet2012")
 
@@ -32,7 +32,7 @@ def _check_dataset(name: str) -> None:
 
 
 def _fashion_mnist(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
-                   num_replicas: int) -> ResumableIterator:
+                   num_replicas: int) -> DataIterator:
     from vim_jax.data import fashion_mnist
 
     data = config.dataset
@@ -52,7 +52,7 @@ def _prepared_imagenet(data_dir: str, manual_dir: str | None) -> None:
 
 
 def _imagenet(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
-              num_replicas: int) -> ResumableIterator:
+              num_replicas: int) -> DataIterator:
     from vim_jax.data import imagenet
 
     data = config.dataset
@@ -64,10 +64,10 @@ def _imagenet(config: ml_collections.ConfigDict, split: str, global_batch_size: 
         data.data_dir, split, global_batch_size, train=train, seed=config.seed, image_size=data.image_size,
         num_repeats=data.num_repeats if train else 1, num_replicas=num_replicas,
         rand_augment=data.rand_augment or None, random_erasing=data.random_erasing,
-        eval_crop_pct=data.eval_crop_pct)
+        eval_crop_pct=data.eval_crop_pct, num_workers=data.num_workers)
 
 
-def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> ResumableIterator:
+def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> DataIterator:
     """Host-local batches of ``split``: endless and augmented if ``train``, else one padded pass."""
     _check_dataset(config.dataset.name)
     batch = config.global_batch_size if train else config.eval_batch_size

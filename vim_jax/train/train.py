@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vim_jax import ops
-from vim_jax.data.iterators import prefetch_to_device
+from vim_jax.data.pipeline import prefetch_to_device
 from vim_jax.train import input_pipeline, optim, steps, train_state
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train.checkpoint import Checkpointer
