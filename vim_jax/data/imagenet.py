@@ -10,8 +10,8 @@ Reading (:class:`ImageNetLoader`, run by the Grain pipeline of ``pipeline.py``, 
 processes when ``num_workers > 0``): each host-local batch's serialised records are fetched from
 the ArrayRecord files in one call, then every example is parsed, decoded and augmented by the TF
 ops of ``transforms.py`` run as one compiled ``tf.function`` (stateless random ops seeded per
-example). Output batches: ``image`` float32 [local_batch, 224, 224, 3], ``label`` int32, ``mask``
-bool. Call ``close()`` (or use the iterator in a ``with`` block) when done with it.
+example). Output batches: ``image`` uint8 [local_batch, 224, 224, 3] (normalised, and randomly
+erased in training, on the accelerator: see ``device_ops.py``), ``label`` int32, ``mask`` bool. Call ``close()`` (or use the iterator in a ``with`` block) when done with it.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ class ImageNetLoader:
                 if train:
                     image = transforms.train_transform(parsed["image"], seed, config)
                 else:
-                    image = transforms.eval_transform(parsed["image"], config.image_size, self.eval_crop_pct,
-                                                      config.mean, config.std)
+                    image = transforms.eval_transform(parsed["image"], config.image_size, self.eval_crop_pct)
                 return image, tf.cast(parsed["label"], tf.int32)
 
             self._opened = (_raw_source(builder, self.split), example)
@@ -123,14 +122,13 @@ def imagenet_iterator(data_dir: str | os.PathLike, split: str, global_batch_size
     """Resumable host-local ImageNet batches from a prepared ``data_dir`` (see :func:`prepare_imagenet`).
 
     Training (default for split 'train'): seeded shuffle per epoch, endless, random-resized crop +
-    flip + RandAugment + normalise + random erasing, optional repeated augmentation
+    flip + RandAugment, optional repeated augmentation
     (``num_repeats=3``, ``num_replicas`` = data-parallel size). Evaluation: one pass in order,
-    resize-256 / centre-crop-224 / normalise, last batch padded (``mask`` False). Batches are built
+    resize-256 / centre-crop-224, last batch padded (``mask`` False). Batches are built
     by ``num_workers`` Grain worker processes (0: ``num_threads`` threads of this process).
     """
     train = split.startswith("train") if train is None else train
-    config = transforms.TrainTransformConfig(image_size=image_size, rand_augment=rand_augment,
-                                             random_erasing=random_erasing)
+    config = transforms.TrainTransformConfig(image_size=image_size, rand_augment=rand_augment)
     loader = ImageNetLoader(data_dir, split, train=train, seed=seed, train_config=config, eval_crop_pct=eval_crop_pct)
     sampler = IndexSampler(len(loader), global_batch_size, seed=seed, shuffle=train, drop_remainder=train,
                            num_repeats=num_repeats, num_replicas=num_replicas,
