@@ -5,7 +5,8 @@ TensorFlow, and this package imports none of them until asked):
 
 * ``fashion_mnist``  IDX reader for the Debian ``dataset-fashion-mnist`` files, host/device transforms.
 * ``imagenet``       TFDS ``imagenet2012`` preparation and its batch loader (TF ops in Grain workers).
-* ``transforms``     random-resized crop, flip, normalise, random erasing, eval resize/crop (TF).
+* ``transforms``     random-resized crop, flip, eval resize/crop (TF, uint8 out).
+* ``device_ops``     normalisation and random erasing in JAX, inside the jitted step.
 * ``rand_augment``   timm RandAugment (``rand-m9-mstd0.5-inc1``) in TF.
 * ``pil_transforms`` the evaluation transform with PIL for single images (no TF).
 * ``mixup``          Mixup/CutMix + label smoothing in JAX.
@@ -27,6 +28,9 @@ _EXPORTS = {
     "load_fashion_mnist": "fashion_mnist",
     "fashion_mnist_iterator": "fashion_mnist",
     "fashion_mnist_device_transform": "fashion_mnist",
+    "fashion_mnist_to_float": "fashion_mnist",
+    "normalize": "device_ops",
+    "random_erasing": "device_ops",
     "IndexSampler": "sampler",
     "DataIterator": "pipeline",
     "array_iterator": "pipeline",
