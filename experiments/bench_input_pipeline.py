@@ -140,6 +140,7 @@ def _previous_report(path: Path) -> dict | None:
 
 
 def _markdown(report: dict) -> str:
+    fake = report.get("fake_imagenet")
     lines = [
         "# Input pipeline throughput",
         "",
@@ -150,11 +151,10 @@ def _markdown(report: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average_at_end'])} at end  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
-        f"Fake ImageNet: {report['fake_imagenet']['train_images']} train JPEGs of 500x375, "
-        f"{report['fake_imagenet']['mean_jpeg_kb']} KB on average (real ImageNet: ~110 KB); "
-        f"TFDS prepare took {report['fake_imagenet']['tfds_prepare_s']} s. Batch {report['batch_size']}, "
-        f"{report['warmup']} warm-up batches, then at least {report['batches']} batches and "
-        f"{report['min_seconds']} s timed per measurement.",
+        (f"Fake ImageNet: {fake['train_images']} train JPEGs of 500x375, {fake['mean_jpeg_kb']} KB on average "
+         f"(real ImageNet: ~110 KB); TFDS prepare took {fake['tfds_prepare_s']} s. " if fake else "")
+        + f"Batch {report['batch_size']}, {report['warmup']} warm-up batches, then at least {report['batches']} "
+        f"batches and {report['min_seconds']} s timed per measurement.",
         "",
         "Each row is a fresh process with that many Grain worker processes building batches. *img per "
         "CPU-s* = images per second of CPU time the process and its workers used (robust to other load "
@@ -173,11 +173,13 @@ def _markdown(report: dict) -> str:
         lines += [f"## Before: {previous['pipeline']} ({previous['date']})", "",
                   f"Command: `{previous['command']}`, load average "
                   f"{', '.join(f'{x:.1f}' for x in previous['machine']['load_average_at_start'])} at start. "
-                  "Each row a fresh process pinned to that many cores.", "",
-                  "| pipeline | cores | img/s | img per CPU-s |", "|---|---:|---:|---:|"]
+                  "Each row a fresh process (the tf.data runs were pinned to that many cores).", "",
+                  "| pipeline | cores or workers | img/s | img per CPU-s |", "|---|---:|---:|---:|"]
         for case, runs in previous["results"].items():
             for run in runs:
-                lines.append(f"| {previous['descriptions'][case]} | {run['cores']} | {run['images_per_s']:.1f} | "
+                count, unit = (run["cores"], "core") if "cores" in run else (run["workers"], "worker")
+                setting = f"{count} {unit}{'' if count == 1 else 's'}"
+                lines.append(f"| {previous['descriptions'][case]} | {setting} | {run['images_per_s']:.1f} | "
                              f"{run['images_per_cpu_s']:.1f} |")
         lines.append("")
     return "\n".join(lines)
