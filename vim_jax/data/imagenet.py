@@ -116,16 +116,17 @@ class ImageNetLoader:
 def imagenet_iterator(data_dir: str | os.PathLike, split: str, global_batch_size: int, *, train: bool | None = None,
                       seed: int = 0, image_size: int = IMAGENET_IMAGE_SIZE, num_repeats: int = 1,
                       num_replicas: int = 1, rand_augment: str | None = "rand-m9-mstd0.5-inc1",
-                      random_erasing: float = 0.25, eval_crop_pct: float = IMAGENET_EVAL_CROP_PCT,
+                      eval_crop_pct: float = IMAGENET_EVAL_CROP_PCT,
                       process_index: int | None = None, process_count: int | None = None,
                       num_workers: int = 0, num_threads: int = 2) -> DataIterator:
     """Resumable host-local ImageNet batches from a prepared ``data_dir`` (see :func:`prepare_imagenet`).
 
     Training (default for split 'train'): seeded shuffle per epoch, endless, random-resized crop +
-    flip + RandAugment, optional repeated augmentation
-    (``num_repeats=3``, ``num_replicas`` = data-parallel size). Evaluation: one pass in order,
-    resize-256 / centre-crop-224, last batch padded (``mask`` False). Batches are built
-    by ``num_workers`` Grain worker processes (0: ``num_threads`` threads of this process).
+    flip + RandAugment, optional repeated augmentation (``num_repeats=3``, ``num_replicas`` =
+    data-parallel size). Evaluation: one pass in order, resize-256 / centre-crop-224, last batch
+    padded (``mask`` False). Images are uint8: normalise them (and, in training, erase randomly) on
+    device with ``device_ops``. Batches are built by ``num_workers`` Grain worker processes (0:
+    ``num_threads`` threads of this process); they are the same for any number of either.
     """
     train = split.startswith("train") if train is None else train
     config = transforms.TrainTransformConfig(image_size=image_size, rand_augment=rand_augment)

@@ -72,8 +72,12 @@ class ArrayLoader:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PutOnDevices:
+class PutOnDevices:
+    """Grain map transform: a host batch -> jax.Arrays laid out by ``sharding``; ``buffer_size``
+    batches are moved ahead of use (see :func:`prefetch_to_device`)."""
+
     sharding: jax.sharding.Sharding | None
+    buffer_size: int = 2
 
     def __call__(self, batch: Any) -> Any:
         if self.sharding is None:
@@ -101,10 +105,13 @@ class DataIterator:
       num_steps: None for endless training; ``sampler.steps_per_epoch`` for one evaluation pass.
       num_workers: Grain worker processes building batches (0: threads of this process).
       num_threads: threads building batches in this process (or in each worker).
+      device: put batches on devices, ahead of use (None: numpy batches).
+      start_step: the global step of the first batch.
     """
 
     def __init__(self, sampler: IndexSampler, load: BatchLoader, *, num_steps: int | None = None,
-                 num_workers: int = 0, num_threads: int = 1):
+                 num_workers: int = 0, num_threads: int = 1, device: PutOnDevices | None = None,
+                 start_step: int = 0):
         if num_workers < 0 or num_threads < 1:
             raise ValueError(f"num_workers={num_workers} must be >= 0 and num_threads={num_threads} >= 1")
         self.sampler = sampler
@@ -112,8 +119,8 @@ class DataIterator:
         self.num_steps = num_steps
         self.num_workers = num_workers
         self.num_threads = num_threads
-        self._device: tuple[jax.sharding.Sharding | None, int] | None = None
-        self._step = 0
+        self.device = device
+        self._step = start_step
         self._iterator: grain.DatasetIterator | None = None
 
     def dataset(self, start_step: int) -> grain.IterDataset:
@@ -126,9 +133,8 @@ class DataIterator:
             _allow_grain_flags()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
                                                              per_worker_buffer_size=2))
-        if self._device is not None:
-            sharding, buffer_size = self._device
-            ds = ThreadPrefetchIterDataset(ds.map(_PutOnDevices(sharding)), prefetch_buffer_size=buffer_size)
+        if self.device is not None:
+            ds = ThreadPrefetchIterDataset(ds.map(self.device), prefetch_buffer_size=max(1, self.device.buffer_size))
         return ds
 
     @property
@@ -190,11 +196,9 @@ def prefetch_to_device(iterator: DataIterator, sharding: jax.sharding.Sharding |
     the batches handed out, not the ones buffered, so a checkpoint taken between steps resumes at
     the right batch.
     """
-    on_device = DataIterator(iterator.sampler, iterator.load, num_steps=iterator.num_steps,
-                             num_workers=iterator.num_workers, num_threads=iterator.num_threads)
-    on_device._device = (sharding, max(1, buffer_size))
-    on_device._step = iterator.step
-    return on_device
+    return DataIterator(iterator.sampler, iterator.load, num_steps=iterator.num_steps,
+                        num_workers=iterator.num_workers, num_threads=iterator.num_threads,
+                        device=PutOnDevices(sharding, buffer_size), start_step=iterator.step)
 
 
 def array_iterator(arrays: dict[str, np.ndarray], sampler: IndexSampler, transform: BatchTransform | None = None,
