@@ -14,7 +14,10 @@ step and Grain may build any number of them in parallel, in any process, and sti
 in order. The position saved in a checkpoint is therefore the global step alone
 (:meth:`DataIterator.get_state`, a small JSON dict): resuming rebuilds the pipeline from that
 step, which also works when the resumed run uses another number of workers (Grain's own
-multi-worker state is tied to the worker count).
+multi-worker state is tied to the worker count). The order and the per-host slices come from
+``IndexSampler`` rather than Grain's ``shuffle`` and ``ShardByJaxProcess`` because DeiT's repeated
+augmentation deals an image's copies over the replicas of one *global* batch, which needs the
+global view.
 
 Batches are dicts of numpy arrays with ``image``, ``label`` and ``mask`` (False marks padding in
 the last batch of an evaluation pass).
