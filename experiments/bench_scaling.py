@@ -73,7 +73,7 @@ def run_configuration(args, mesh_shape, global_batch, steps, warmup):
     step_fn = jit_train_step(config, setup, mesh, steps_per_epoch=1000)
     size, classes = config.dataset.image_size, config.dataset.num_classes
     rng = np.random.default_rng(0)
-    batches = [jax.device_put({"image": rng.standard_normal((global_batch, size, size, 3), np.float32),
+    batches = [jax.device_put({"image": rng.integers(0, 256, (global_batch, size, size, 3), np.uint8),  # as fed
                                "label": rng.integers(0, classes, global_batch).astype(np.int32),
                                "mask": np.ones(global_batch, bool)}, mesh_lib.batch_sharding(mesh))
                for _ in range(3)]

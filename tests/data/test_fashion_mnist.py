@@ -13,7 +13,6 @@ import pytest
 
 from vim_jax.data import fashion_mnist as fm
 from vim_jax.data.constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from vim_jax.data.resize import resize_matrix
 
 pytestmark = pytest.mark.skipif(not fm.fashion_mnist_dir().is_dir(),
                                 reason="apt-get install dataset-fashion-mnist")
@@ -100,36 +99,40 @@ def test_numpy_crop_flip_matches_a_per_image_loop_and_really_flips():
 def test_iterator_batches_layout(size, channels):
     spec = fm.FashionMnistPreprocess(image_size=size, channels=channels)
     batch = next(fm.fashion_mnist_iterator("train", 32, seed=0, spec=spec))
-    assert batch["image"].shape == (32, size, size, channels) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, 28, 28, 1) and batch["image"].dtype == np.uint8  # what crosses
     assert batch["label"].dtype == np.int32 and batch["mask"].all()
+    images = np.asarray(jax.jit(lambda x: fm.fashion_mnist_to_float(x, spec))(batch["image"]))
+    assert images.shape == (32, size, size, channels) and images.dtype == np.float32
     if channels == 3:
-        np.testing.assert_array_equal(batch["image"][..., 0], batch["image"][..., 2])
+        np.testing.assert_array_equal(images[..., 0], images[..., 2])
 
 
 def test_eval_iterator_is_plain_normalised_pixels_in_order_with_padded_last_batch():
     images, labels = fm.load_fashion_mnist("test")
-    it = fm.fashion_mnist_iterator("test", 3000, spec=fm.FashionMnistPreprocess(normalize=False))
+    spec = fm.FashionMnistPreprocess(normalize=False)
+    it = fm.fashion_mnist_iterator("test", 3000, spec=spec)
     batches = list(it)
     assert len(batches) == 4 and batches[-1]["mask"].sum() == 1000
-    np.testing.assert_allclose(batches[1]["image"][..., 0], images[3000:6000] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(batches[1]["image"][..., 0], images[3000:6000])
+    np.testing.assert_allclose(np.asarray(fm.fashion_mnist_to_float(batches[1]["image"], spec))[..., 0],
+                               images[3000:6000] / 255.0, atol=1e-7)
     np.testing.assert_array_equal(batches[3]["label"][:1000], labels[9000:])
+    normalised = np.asarray(fm.fashion_mnist_to_float(batches[1]["image"]))
+    np.testing.assert_allclose(normalised, (images[3000:6000, :, :, None] / 255.0 - FASHION_MNIST_MEAN[0])
+                               / FASHION_MNIST_STD[0], atol=1e-5)
 
 
-def test_numpy_resize_matches_jax_image_resize():
-    x = np.random.default_rng(0).standard_normal((28, 28)).astype(np.float32)
-    for size in (14, 20, 32, 224):
-        ours = resize_matrix(28, size) @ x @ resize_matrix(28, size).T
-        np.testing.assert_allclose(ours, jax.image.resize(x, (size, size), "linear"), atol=1e-5)
-
-
-def test_device_transform_eval_matches_host_transform():
+def test_device_transform_eval_is_the_host_batch_made_float():
     images, labels = fm.load_fashion_mnist("test")
     spec = fm.FashionMnistPreprocess(image_size=32, channels=3)
     host = fm.fashion_mnist_numpy_transform({"image": images[:16], "label": labels[:16]}, np.arange(16),
                                             seed=0, train=False, spec=spec)["image"]
     device = jax.jit(lambda k, x: fm.fashion_mnist_device_transform(k, x, train=False, spec=spec))(
         jax.random.key(0), images[:16])
-    np.testing.assert_allclose(np.asarray(device), host, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(device), np.asarray(fm.fashion_mnist_to_float(host, spec)), atol=1e-6)
+    resized = jax.image.resize((images[:16] / 255.0 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0],
+                               (16, 32, 32), "linear")
+    np.testing.assert_allclose(np.asarray(device)[..., 1], resized, atol=1e-5)
 
 
 def test_device_transform_train_outputs_are_crops_or_flipped_crops():
@@ -149,7 +152,7 @@ def test_device_transform_train_outputs_are_crops_or_flipped_crops():
 
 
 def test_fashion_mnist_path_never_imports_tensorflow():
-    code = ("import sys; from vim_jax.data import fashion_mnist, iterators, mixup, pil_transforms, imagenet_labels;"
+    code = ("import sys; from vim_jax.data import fashion_mnist, pipeline, sampler, mixup, pil_transforms, imagenet_labels;"
             "fashion_mnist.load_fashion_mnist('test'); imagenet_labels.imagenet_class_names();"
             "assert not [m for m in sys.modules if m.startswith('tensorflow')], 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})

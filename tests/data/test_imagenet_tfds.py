@@ -1,4 +1,4 @@
-"""The real TFDS imagenet2012 builder on generated official-layout archives, and the tf.data pipelines."""
+"""The real TFDS imagenet2012 builder on generated official-layout archives, and its Grain pipelines."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ pytest.importorskip("tensorflow_datasets")
 
 from tests.data.conftest import FAKE_SPEC  # noqa: E402
 from vim_jax.data import imagenet  # noqa: E402
+from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from vim_jax.data.device_ops import normalize  # noqa: E402
 from vim_jax.data.fake_imagenet import TRAIN_TAR, VAL_TAR, FakeImageNetSpec, main, write_fake_imagenet  # noqa: E402
 from vim_jax.data.imagenet_labels import tfds_synsets, tfds_validation_synsets  # noqa: E402
 from vim_jax.data.pil_transforms import eval_transform_pil  # noqa: E402
@@ -60,8 +62,9 @@ def test_train_pipeline_batches(fake_imagenet):
     it = imagenet.imagenet_iterator(data_dir, "train", 8, seed=0, image_size=64)
     batches = [next(it) for _ in range(4)]  # 3 steps per epoch: crosses into epoch 1
     for batch in batches:
-        assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.float32
-        assert np.isfinite(batch["image"]).all() and -3 < batch["image"].mean() < 3
+        assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.uint8  # what crosses
+        normalised = np.asarray(normalize(batch["image"], IMAGENET_MEAN, IMAGENET_STD))
+        assert np.isfinite(normalised).all() and -3 < normalised.mean() < 3
         assert batch["label"].dtype == np.int32 and batch["mask"].all()
         assert 0 <= batch["label"].min() and batch["label"].max() < FAKE_SPEC.num_classes
     epoch0 = np.concatenate([b["label"] for b in batches[:3]])
@@ -79,8 +82,8 @@ def test_eval_pipeline_matches_the_pil_transform_and_pads(fake_imagenet):
     np.testing.assert_array_equal(labels, [int(source[i]["label"]) for i in range(FAKE_SPEC.num_val)])
     assert sorted(labels.tolist()) == sorted(summary["val_labels"])
     reference = eval_transform_pil(source[5]["image"])
-    from vim_jax.data.constants import IMAGENET_STD
-    assert np.abs((batches[1]["image"][1] - reference) * np.array(IMAGENET_STD)).max() * 255 <= 2.01
+    normalised = np.asarray(normalize(batches[1]["image"][1], IMAGENET_MEAN, IMAGENET_STD))
+    assert np.abs((normalised - reference) * np.array(IMAGENET_STD)).max() * 255 <= 2.01
 
 
 def test_train_pipeline_resumes_with_identical_batches(fake_imagenet):
@@ -120,3 +123,21 @@ def test_hosts_read_disjoint_slices_that_make_the_single_host_batch(fake_imagene
     assert not np.array_equal(images[copies[0]], images[copies[1]])
     for it in [whole, *hosts]:
         it.close()
+
+
+def test_worker_processes_build_the_same_batches_and_resume_with_another_worker_count(fake_imagenet):
+    data_dir, _ = fake_imagenet
+    # RandAugment off only to keep the test quick (each worker process compiles its own transform).
+    make = lambda workers: imagenet.imagenet_iterator(data_dir, "train", 6, seed=1, image_size=32,  # noqa: E731
+                                                      rand_augment=None, num_workers=workers)
+    with make(0) as in_process:
+        expected = [next(in_process) for _ in range(5)]  # crosses into epoch 1 (4 steps per epoch)
+    with make(2) as two_workers:
+        got = [next(two_workers) for _ in range(3)]
+        state = json.loads(json.dumps(two_workers.get_state()))
+    with make(0) as resumed:
+        resumed.set_state(state)
+        got += [next(resumed) for _ in range(2)]
+    for want, batch in zip(expected, got, strict=True):
+        for key in want:
+            np.testing.assert_array_equal(batch[key], want[key])

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from vim_jax.data.iterators import ArrayIterator, IndexSampler, prefetch_to_device
+from vim_jax.data.pipeline import array_iterator, prefetch_to_device
+from vim_jax.data.sampler import IndexSampler
 from vim_jax.data.seeding import hash_uniform
 
 
@@ -85,7 +86,7 @@ def _noisy_transform(batch, positions):
 
 def test_resume_gives_exactly_the_uninterrupted_batches():
     def make():
-        return ArrayIterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform)
+        return array_iterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform)
 
     reference = make()
     expected = [next(reference) for _ in range(15)]  # crosses epoch boundaries (6 steps/epoch)
@@ -103,21 +104,21 @@ def test_resume_gives_exactly_the_uninterrupted_batches():
 
 
 def test_restoring_a_state_from_another_pipeline_is_refused():
-    it = ArrayIterator(_fake_arrays(), IndexSampler(50, 8, seed=4))
+    it = array_iterator(_fake_arrays(), IndexSampler(50, 8, seed=4))
     with pytest.raises(ValueError, match="different pipeline"):
         it.set_state({**it.get_state(), "seed": 5})
 
 
 def test_eval_iterator_stops_after_one_pass_with_mask():
-    it = ArrayIterator(_fake_arrays(), IndexSampler(50, 8, shuffle=False, drop_remainder=False), num_steps=7)
+    it = array_iterator(_fake_arrays(), IndexSampler(50, 8, shuffle=False, drop_remainder=False), num_steps=7)
     batches = list(it)
     assert len(batches) == 7
     np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), np.arange(50))
 
 
 def test_prefetch_to_device_yields_the_same_batches_and_tracks_consumed_state():
-    source = ArrayIterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform)
-    reference = next(ArrayIterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform))
+    source = array_iterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform)
+    reference = next(array_iterator(_fake_arrays(), IndexSampler(50, 8, seed=4), _noisy_transform))
     device = jax.devices()[0]
     prefetcher = prefetch_to_device(source, jax.sharding.SingleDeviceSharding(device), buffer_size=3)
     assert prefetcher.get_state()["step"] == 0
@@ -135,11 +136,12 @@ def test_prefetch_shards_batches_over_a_mesh_data_axis():
     code = textwrap.dedent("""
         import jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
-        from vim_jax.data.iterators import ArrayIterator, IndexSampler, prefetch_to_device
+        from vim_jax.data.pipeline import array_iterator, prefetch_to_device
+        from vim_jax.data.sampler import IndexSampler
         assert jax.device_count() == 4
         mesh = Mesh(np.array(jax.devices()), ("data",))
         arrays = {"image": np.arange(64 * 3, dtype=np.float32).reshape(64, 3), "label": np.arange(64)}
-        it = prefetch_to_device(ArrayIterator(arrays, IndexSampler(64, 16, seed=0)),
+        it = prefetch_to_device(array_iterator(arrays, IndexSampler(64, 16, seed=0)),
                                 NamedSharding(mesh, PartitionSpec("data")))
         batch = next(it)
         expected = arrays["label"][IndexSampler(64, 16, seed=0).global_indices(0)]

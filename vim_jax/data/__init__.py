@@ -1,16 +1,17 @@
-"""Input pipelines: Fashion-MNIST (numpy), ImageNet via TFDS (tf.data), augmentations, iterators.
+"""Input pipelines on Grain: Fashion-MNIST (numpy), ImageNet via TFDS ArrayRecord, augmentations.
 
 Modules (each importable alone; only ``imagenet``, ``transforms`` and ``rand_augment`` need
 TensorFlow, and this package imports none of them until asked):
 
 * ``fashion_mnist``  IDX reader for the Debian ``dataset-fashion-mnist`` files, host/device transforms.
-* ``imagenet``       TFDS ``imagenet2012`` preparation and the resumable tf.data train/eval pipeline.
-* ``transforms``     random-resized crop, flip, normalise, random erasing, eval resize/crop (TF).
+* ``imagenet``       TFDS ``imagenet2012`` preparation and its batch loader (TF ops in Grain workers).
+* ``transforms``     random-resized crop, flip, eval resize/crop (TF, uint8 out).
+* ``device_ops``     normalisation and random erasing in JAX, inside the jitted step.
 * ``rand_augment``   timm RandAugment (``rand-m9-mstd0.5-inc1``) in TF.
 * ``pil_transforms`` the evaluation transform with PIL for single images (no TF).
 * ``mixup``          Mixup/CutMix + label smoothing in JAX.
-* ``iterators``      seeded sampler (host sharding, repeated augmentation), resumable iterators,
-                     device prefetch.
+* ``sampler``        seeded index order: host sharding, repeated augmentation.
+* ``pipeline``       the Grain pipeline: resumable iterators, worker processes, device prefetch.
 * ``imagenet_labels`` ImageNet class names from TFDS wnids + WordNet.
 * ``fake_imagenet``  tiny official-layout ImageNet archives for tests and benchmarks.
 
@@ -27,11 +28,13 @@ _EXPORTS = {
     "load_fashion_mnist": "fashion_mnist",
     "fashion_mnist_iterator": "fashion_mnist",
     "fashion_mnist_device_transform": "fashion_mnist",
-    "IndexSampler": "iterators",
-    "ResumableIterator": "iterators",
-    "ArrayIterator": "iterators",
-    "DevicePrefetcher": "iterators",
-    "prefetch_to_device": "iterators",
+    "fashion_mnist_to_float": "fashion_mnist",
+    "normalize": "device_ops",
+    "random_erasing": "device_ops",
+    "IndexSampler": "sampler",
+    "DataIterator": "pipeline",
+    "array_iterator": "pipeline",
+    "prefetch_to_device": "pipeline",
     "MixupConfig": "mixup",
     "mixup_cutmix": "mixup",
     "eval_transform_pil": "pil_transforms",

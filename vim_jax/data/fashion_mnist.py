@@ -4,11 +4,13 @@ The training machine has no TensorFlow, so this path imports numpy and jax alone
 original gzip'd IDX files under ``/usr/share/datasets/fashion-mnist`` (override with the
 ``VIM_JAX_FASHION_MNIST_DIR`` environment variable or a ``data_dir`` argument).
 
-Pipeline: :func:`fashion_mnist_iterator` gives resumable, host-sharded batches (see
-``iterators.py``) of ``image`` float32 [batch, height, width, channels] (channels-last), ``label``
-int32 and ``mask``. Training batches get a random crop from the zero-padded image and a random
-horizontal flip, computed in numpy on the host; or pass ``augment_on_device=True`` to receive raw
-uint8 images and call :func:`fashion_mnist_device_transform` inside the jitted step instead.
+Pipeline: :func:`fashion_mnist_iterator` gives resumable, host-sharded batches (a Grain
+pipeline, see ``pipeline.py``) of ``image`` uint8 [batch, 28, 28, 1], ``label`` int32 and ``mask``.
+Training batches get a random crop from the zero-padded image and a random horizontal flip,
+computed in numpy on the host. The images cross to the accelerator as uint8, where
+:func:`fashion_mnist_to_float` normalises, resizes and replicates channels inside the jitted step;
+or pass ``augment_on_device=True`` to receive the raw images and call
+:func:`fashion_mnist_device_transform` (crop and flip too) there instead.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vim_jax.data.constants import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from vim_jax.data.iterators import ArrayIterator, IndexSampler
-from vim_jax.data.resize import resize_matrix
+from vim_jax.data.pipeline import DataIterator, array_iterator
+from vim_jax.data.sampler import IndexSampler
 from vim_jax.data.seeding import hash_randint, hash_uniform
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -138,33 +140,38 @@ def random_crop_flip_numpy(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, f
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _finish_numpy(images_u8: np.ndarray, spec: FashionMnistPreprocess) -> np.ndarray:
-    images = images_u8.astype(np.float32) * np.float32(1 / 255)
-    if spec.normalize:
-        images = (images - np.float32(FASHION_MNIST_MEAN[0])) / np.float32(FASHION_MNIST_STD[0])
-    if spec.image_size != images.shape[1]:
-        rows = resize_matrix(images.shape[1], spec.image_size)
-        cols = resize_matrix(images.shape[2], spec.image_size)
-        images = np.matmul(np.matmul(rows, images), cols.T)  # batched: rows @ image @ cols^T
-    images = images[..., None]
-    if spec.channels == 3:
-        images = np.repeat(images, 3, axis=-1)
-    return np.ascontiguousarray(images)
-
-
 def fashion_mnist_numpy_transform(batch: dict, positions: np.ndarray, *, seed: int, train: bool,
                                   spec: FashionMnistPreprocess = FashionMnistPreprocess()) -> dict:
-    """The host-side transform: uint8 [N, 28, 28] -> float32 [N, S, S, C] (+ int32 labels)."""
+    """The host-side transform: uint8 [N, 28, 28] -> uint8 [N, 28, 28, 1] (+ int32 labels), randomly
+    cropped and flipped in training. :func:`fashion_mnist_to_float` finishes it on device."""
     images = batch["image"]
     if train:
         dy, dx, flips = random_crop_flip_params(seed, positions, spec.pad, spec.flip)
         images = random_crop_flip_numpy(images, dy, dx, flips, spec.pad)
-    return {**batch, "image": _finish_numpy(images, spec), "label": batch["label"].astype(np.int32)}
+    return {**batch, "image": np.ascontiguousarray(images[..., None]), "label": batch["label"].astype(np.int32)}
+
+
+def fashion_mnist_to_float(images: jax.Array, spec: FashionMnistPreprocess = FashionMnistPreprocess()) -> jax.Array:
+    """On device: uint8 [N, 28, 28(, 1)] -> float32 [N, S, S, C]: scaled to [0, 1], normalised (if
+    ``spec.normalize``), resized (bilinear, antialiased when shrinking) and channel-replicated."""
+    if images.ndim == 4:
+        images = images[..., 0]
+    n, height, _ = images.shape
+    images = images.astype(jnp.float32) / 255.0
+    if spec.normalize:
+        images = (images - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+    if spec.image_size != height:
+        images = jax.image.resize(images, (n, spec.image_size, spec.image_size), "linear")
+    images = images[..., None]
+    if spec.channels == 3:
+        images = jnp.repeat(images, 3, axis=-1)
+    return images
 
 
 def fashion_mnist_device_transform(key: jax.Array, images: jax.Array, *, train: bool,
                                    spec: FashionMnistPreprocess = FashionMnistPreprocess()) -> jax.Array:
-    """The same transform in JAX, for raw uint8 [N, 28, 28] or [N, 28, 28, 1] batches on device.
+    """The whole transform in JAX, crop and flip included, for raw uint8 [N, 28, 28(, 1)] batches
+    on device (``fashion_mnist_iterator(augment_on_device=True)``).
 
     Jit-able; ``key`` should differ per step (e.g. ``jax.random.fold_in(key, step)``). Returns
     float32 [N, S, S, C].
@@ -182,22 +189,14 @@ def fashion_mnist_device_transform(key: jax.Array, images: jax.Array, *, train: 
         if spec.flip:
             flips = jax.random.bernoulli(k_f, 0.5, (n,))
             images = jnp.where(flips[:, None, None], images[:, :, ::-1], images)
-    images = images.astype(jnp.float32) / 255.0
-    if spec.normalize:
-        images = (images - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
-    if spec.image_size != height:
-        images = jax.image.resize(images, (n, spec.image_size, spec.image_size), "linear")
-    images = images[..., None]
-    if spec.channels == 3:
-        images = jnp.repeat(images, 3, axis=-1)
-    return images
+    return fashion_mnist_to_float(images, spec)
 
 
 def fashion_mnist_iterator(split: str, global_batch_size: int, *, train: bool | None = None, seed: int = 0,
                            spec: FashionMnistPreprocess = FashionMnistPreprocess(),
                            augment_on_device: bool = False, num_repeats: int = 1, num_replicas: int = 1,
                            process_index: int | None = None, process_count: int | None = None,
-                           data_dir: str | os.PathLike | None = None) -> ArrayIterator:
+                           data_dir: str | os.PathLike | None = None) -> DataIterator:
     """Resumable host-local batches of Fashion-MNIST.
 
     Args:
@@ -207,7 +206,7 @@ def fashion_mnist_iterator(split: str, global_batch_size: int, *, train: bool | 
         == 'train'); otherwise one pass in order, the last batch padded (``mask`` False).
       seed: order and augmentation are pure functions of it (and of the step).
       spec: output size, channels, crop padding, flip, normalisation.
-      augment_on_device: yield raw uint8 ``image`` [N, 28, 28, 1] and leave the transform to
+      augment_on_device: yield raw uncropped images and leave crop and flip too to
         :func:`fashion_mnist_device_transform` in the jitted step.
       num_repeats, num_replicas: repeated augmentation (see ``IndexSampler``).
       process_index, process_count: host sharding (default: from jax).
@@ -218,10 +217,8 @@ def fashion_mnist_iterator(split: str, global_batch_size: int, *, train: bool | 
     sampler = IndexSampler(len(images), global_batch_size, seed=seed, shuffle=train, drop_remainder=train,
                            num_repeats=num_repeats, num_replicas=num_replicas,
                            process_index=process_index, process_count=process_count)
-    if augment_on_device:
-        def transform(batch, positions):
-            return {**batch, "image": batch["image"][..., None], "label": batch["label"].astype(np.int32)}
-    else:
-        transform = functools.partial(fashion_mnist_numpy_transform, seed=seed, train=train, spec=spec)
-    return ArrayIterator({"image": images, "label": labels}, sampler, transform,
-                         num_steps=None if train else sampler.steps_per_epoch)
+    # On-device augmentation: the host leaves the images as they are.
+    transform = functools.partial(fashion_mnist_numpy_transform, seed=seed, train=train and not augment_on_device,
+                                  spec=spec)
+    return array_iterator({"image": images, "label": labels}, sampler, transform,
+                          num_steps=None if train else sampler.steps_per_epoch)

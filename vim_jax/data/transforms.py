@@ -1,4 +1,4 @@
-"""ImageNet augmentations as small TensorFlow ops, with timm/DeiT semantics (graph-mode, stateless).
+"""ImageNet per-image augmentations as small TensorFlow ops, with timm/DeiT semantics (stateless).
 
 Each op takes one image (HWC) and, if random, a ``seed``: an int64 tensor of shape [2] for TF's
 stateless random ops, so the same seed always gives the same output (tf.data may run them in any
@@ -8,11 +8,13 @@ thread order). The official training transform (DeiT ``build_transform`` -> timm
 1. :func:`decode_and_random_resized_crop` (scale 0.08-1, ratio 3/4-4/3, bicubic) to 224x224;
 2. :func:`random_horizontal_flip` (p = 0.5);
 3. :func:`~vim_jax.data.rand_augment.rand_augment` ``rand-m9-mstd0.5-inc1`` on uint8 pixels;
-4. :func:`normalize` with the ImageNet mean/std;
-5. :func:`random_erasing` (p = 0.25, 'pixel' mode) on the normalised image.
+4. normalisation with the ImageNet mean/std, then
+5. random erasing (p = 0.25, 'pixel' mode) of the normalised image.
 
-The evaluation transform (:func:`eval_transform`) resizes the shorter side to 256 (bicubic) and
-takes the centre 224x224 crop, like torchvision's ``Resize(256)`` + ``CenterCrop(224)``.
+Steps 1-3 are here and end in uint8, the format images cross to the accelerator in; steps 4-5 run
+there, in the jitted step (``device_ops.py``). The evaluation transform (:func:`eval_transform`)
+resizes the shorter side to 256 (bicubic) and takes the centre 224x224 crop, like torchvision's
+``Resize(256)`` + ``CenterCrop(224)``, also in uint8.
 Resizes use ``tf.image.resize(..., antialias=True)``, whose bicubic (Keys, a = -0.5) kernel widens
 when shrinking the way PIL's does, and round back to uint8 as PIL does.
 """
@@ -24,10 +26,10 @@ import math
 
 import tensorflow as tf
 
-from vim_jax.data.constants import IMAGENET_EVAL_CROP_PCT, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from vim_jax.data.constants import IMAGENET_EVAL_CROP_PCT, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN
 from vim_jax.data.rand_augment import rand_augment
 
-_ATTEMPTS = 10  # timm draws up to 10 candidate boxes for both random-resized crop and erasing
+_ATTEMPTS = 10  # timm draws up to 10 candidate boxes
 # TF's default JPEG IDCT ("INTEGER_FAST") is off by up to 4 levels on most pixels from what PIL
 # (libjpeg's default, ISLOW) decodes, which the official pipeline used; the accurate one agrees.
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
@@ -117,55 +119,6 @@ def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor, p: float = 0.5) ->
     return tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
 
 
-def normalize(image: tf.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tf.Tensor:
-    """uint8 (or [0, 255] float) -> float32 ``(x / 255 - mean) / std`` (torchvision ToTensor + Normalize)."""
-    image = tf.cast(image, tf.float32) / 255.0
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, probability: float = 0.25, min_area: float = 0.02,
-                   max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect: float | None = None,
-                   mode: str = "pixel") -> tf.Tensor:
-    """timm ``RandomErasing`` (max_count 1) on a normalised float HWC image.
-
-    With probability ``probability``: up to ten candidate boxes (area fraction uniform in
-    [min_area, max_area], aspect log-uniform in [min_aspect, 1 / min_aspect]); the first that fits
-    strictly inside is filled with N(0, 1) noise per pixel ('pixel'), per channel ('rand') or zeros
-    ('const'). If no candidate fits, the image is unchanged.
-    """
-    if mode not in ("pixel", "rand", "const"):
-        raise ValueError(f"unknown random erasing mode {mode!r}")
-    max_aspect = max_aspect or 1 / min_aspect
-    s_apply, s_area, s_aspect, s_top, s_left, s_fill = (sub_seed(seed, i) for i in range(6))
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-
-    def erase():
-        area = tf.cast(height * width, tf.float32)
-        target = tf.random.stateless_uniform([_ATTEMPTS], s_area, min_area, max_area) * area
-        aspect = tf.exp(tf.random.stateless_uniform([_ATTEMPTS], s_aspect, math.log(min_aspect), math.log(max_aspect)))
-        box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-        box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-        fits = (box_w < width) & (box_h < height)
-        i = _first_true(fits)
-        top = _randint_inclusive(s_top, [_ATTEMPTS], height - box_h)[i]
-        left = _randint_inclusive(s_left, [_ATTEMPTS], width - box_w)[i]
-        rows = tf.range(height)[:, None]
-        cols = tf.range(width)[None, :]
-        inside = (rows >= top) & (rows < top + box_h[i]) & (cols >= left) & (cols < left + box_w[i])
-        inside = inside[:, :, None] & tf.reduce_any(fits)
-        if mode == "pixel":
-            fill = tf.random.stateless_normal(shape, s_fill, dtype=image.dtype)
-        elif mode == "rand":
-            fill = tf.broadcast_to(tf.random.stateless_normal([1, 1, shape[2]], s_fill, dtype=image.dtype), shape)
-        else:
-            fill = tf.zeros_like(image)
-        return tf.where(inside, fill, image)
-
-    apply = tf.random.stateless_uniform([], s_apply) <= probability  # timm skips if rand > p
-    return tf.cond(apply, erase, lambda: image)
-
-
 def resize_shorter_side(image: tf.Tensor, size: int, method: str = "bicubic") -> tf.Tensor:
     """torchvision ``Resize(size)``: shorter side -> size, longer side -> int(size * long / short)."""
     shape = tf.shape(image)
@@ -191,22 +144,24 @@ def eval_resize_size(image_size: int = IMAGENET_IMAGE_SIZE, crop_pct: float = IM
 
 
 def eval_transform(image_or_jpeg: tf.Tensor, image_size: int = IMAGENET_IMAGE_SIZE,
-                   crop_pct: float = IMAGENET_EVAL_CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tf.Tensor:
-    """Evaluation transform: bicubic shorter side -> int(size / crop_pct), centre crop, normalise.
+                   crop_pct: float = IMAGENET_EVAL_CROP_PCT) -> tf.Tensor:
+    """Evaluation transform: bicubic shorter side -> int(size / crop_pct), centre crop.
 
-    Accepts JPEG bytes (scalar string) or a decoded uint8 HWC image. Returns float32 [size, size, 3].
+    Accepts JPEG bytes (scalar string) or a decoded uint8 HWC image. Returns uint8 [size, size, 3].
     """
     image = image_or_jpeg
     if image.dtype == tf.string:
         image = decode_jpeg(image)
     image = resize_shorter_side(image, eval_resize_size(image_size, crop_pct))
-    image = center_crop(image, image_size)
-    return tf.ensure_shape(normalize(image, mean, std), [image_size, image_size, 3])
+    return tf.ensure_shape(center_crop(image, image_size), [image_size, image_size, 3])
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransformConfig:
-    """The DeiT/Vim training recipe's per-image augmentation (defaults = the official run)."""
+    """The DeiT/Vim training recipe's per-image augmentation on the host (defaults = the official run).
+
+    ``mean`` is the normalisation mean, whose colour fills the geometric RandAugment ops.
+    """
 
     image_size: int = IMAGENET_IMAGE_SIZE
     scale: tuple[float, float] = (0.08, 1.0)
@@ -214,10 +169,7 @@ class TrainTransformConfig:
     interpolation: str = "bicubic"
     hflip: float = 0.5
     rand_augment: str | None = "rand-m9-mstd0.5-inc1"
-    random_erasing: float = 0.25
-    random_erasing_mode: str = "pixel"
     mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
 
 
 def rand_augment_fill(mean=IMAGENET_MEAN) -> tuple[int, int, int]:
@@ -227,7 +179,7 @@ def rand_augment_fill(mean=IMAGENET_MEAN) -> tuple[int, int, int]:
 
 def train_transform(jpeg: tf.Tensor, seed: tf.Tensor,
                     config: TrainTransformConfig = TrainTransformConfig()) -> tf.Tensor:
-    """The full training transform of one JPEG: float32 [size, size, 3]."""
+    """The host part of the training transform of one JPEG: uint8 [size, size, 3]."""
     image = decode_and_random_resized_crop(jpeg, sub_seed(seed, 10), config.image_size, config.scale,
                                            config.ratio, config.interpolation)
     if config.hflip > 0:
@@ -236,7 +188,4 @@ def train_transform(jpeg: tf.Tensor, seed: tf.Tensor,
         # DeiT passes its train interpolation (bicubic) and input size to timm's RandAugment:
         # translate_const = int(0.45 * size) (unused by the Rel ops), fill = the mean colour.
         image = rand_augment(image, sub_seed(seed, 12), config.rand_augment, fill=rand_augment_fill(config.mean))
-    image = normalize(image, config.mean, config.std)
-    if config.random_erasing > 0:
-        image = random_erasing(image, sub_seed(seed, 13), config.random_erasing, mode=config.random_erasing_mode)
     return tf.ensure_shape(image, [config.image_size, config.image_size, 3])

@@ -6,7 +6,8 @@ Each saved step holds these items (the layout other tools rely on):
 * ``ema_params``: the same layout, when EMA is on;
 * ``opt_state``: the optimizer's state (Adam moments laid out like ``params``);
 * ``train_state``: ``{'step', 'rngs'}``: the step and the model's dropout RNG streams;
-* ``data_iterator``: the input pipeline's position (JSON; see ``vim_jax.data.iterators``);
+* ``data_iterator``: the Grain input pipeline's position: the global step and what the pipeline must
+  match to resume it (JSON; ``vim_jax.data.pipeline.DataIterator.get_state``);
 * ``config``: the run's config (JSON), for reading a checkpoint without its command line;
 * ``vim_jax``: the model's registry name and full ``VimConfig`` (``vim_jax.convert.orbax_io``),
   so that ``vim_jax.convert.load_into`` can check and rebuild the model from the checkpoint.

@@ -5,6 +5,8 @@ Defaults are the official Vim (DeiT) ImageNet recipe wherever the recipe says so
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from vim_jax.train.mesh import DEFAULT_RULES
@@ -36,6 +38,9 @@ def default_config() -> ml_collections.ConfigDict:
         "rand_augment": "rand-m9-mstd0.5-inc1",
         "random_erasing": 0.25,
         "eval_crop_pct": 0.875,
+        # Grain worker processes decoding and augmenting (0: two threads of the trainer). Batches do
+        # not depend on it, so the default takes what the machine has: all cores but two, at most 16.
+        "num_workers": min(16, max(0, len(os.sched_getaffinity(0)) - 2)),
         # fashion_mnist only:
         "channels": 1,
         "crop_padding": 4,

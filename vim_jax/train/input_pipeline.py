@@ -4,26 +4,30 @@ Datasets (``config.dataset.name``):
 
 * ``fashion_mnist``: numpy only (``vim_jax.data.fashion_mnist``); never imports TensorFlow, so it
   runs where TF is not installed.
-* ``imagenet2012``: the TFDS builder read by tf.data (``vim_jax.data.imagenet``), imported only
-  when asked for. ``dataset.manual_dir`` (the official tars) is prepared into
-  ``dataset.data_dir`` on first use.
+* ``imagenet2012``: the TFDS builder's ArrayRecord files read by Grain, ``dataset.num_workers``
+  worker processes decoding and augmenting (``vim_jax.data.imagenet``), imported only when asked
+  for. ``dataset.manual_dir`` (the official tars) is prepared into ``dataset.data_dir`` on first use.
 
-Iterators yield host-local batches (``image``, ``label``, ``mask``) for global steps; their state
-is the step, which the trainer checkpoints. Mixup/CutMix and label smoothing run on device, in the
-train step (:func:`batch_to_targets`).
+Iterators yield host-local batches (``image`` uint8, ``label``, ``mask``) for global steps; their
+state is the step, which the trainer checkpoints. On device, in the jitted steps, the images
+become the model's normalised float32 inputs (:func:`model_inputs`); training then adds ImageNet's
+random erasing, Mixup/CutMix and label smoothing (:func:`batch_to_targets`).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import ml_collections
 
-from vim_jax.data import mixup
-from vim_jax.data.iterators import ResumableIterator
+from vim_jax.data import device_ops, fashion_mnist, mixup
+from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from vim_jax.data.pipeline import DataIterator
 
 DATASETS = ("fashion_mnist", "imagenet2012")
+_ERASING_SALT = 0x657261  # separates random erasing's key from mixup's
 
 
 def _check_dataset(name: str) -> None:
@@ -31,15 +35,17 @@ def _check_dataset(name: str) -> None:
         raise ValueError(f"config.dataset.name={name!r}; expected one of {DATASETS}")
 
 
-def _fashion_mnist(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
-                   num_replicas: int) -> ResumableIterator:
-    from vim_jax.data import fashion_mnist
-
+def _fashion_mnist_spec(config: ml_collections.ConfigDict) -> fashion_mnist.FashionMnistPreprocess:
     data = config.dataset
-    spec = fashion_mnist.FashionMnistPreprocess(image_size=data.image_size, channels=data.channels,
+    return fashion_mnist.FashionMnistPreprocess(image_size=data.image_size, channels=data.channels,
                                                 pad=data.crop_padding, flip=data.flip)
+
+
+def _fashion_mnist(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
+                   num_replicas: int) -> DataIterator:
+    data = config.dataset
     return fashion_mnist.fashion_mnist_iterator(
-        split, global_batch_size, train=train, seed=config.seed, spec=spec,
+        split, global_batch_size, train=train, seed=config.seed, spec=_fashion_mnist_spec(config),
         num_repeats=data.num_repeats if train else 1, num_replicas=num_replicas, data_dir=data.data_dir)
 
 
@@ -52,7 +58,7 @@ def _prepared_imagenet(data_dir: str, manual_dir: str | None) -> None:
 
 
 def _imagenet(config: ml_collections.ConfigDict, split: str, global_batch_size: int, *, train: bool,
-              num_replicas: int) -> ResumableIterator:
+              num_replicas: int) -> DataIterator:
     from vim_jax.data import imagenet
 
     data = config.dataset
@@ -63,11 +69,10 @@ def _imagenet(config: ml_collections.ConfigDict, split: str, global_batch_size: 
     return imagenet.imagenet_iterator(
         data.data_dir, split, global_batch_size, train=train, seed=config.seed, image_size=data.image_size,
         num_repeats=data.num_repeats if train else 1, num_replicas=num_replicas,
-        rand_augment=data.rand_augment or None, random_erasing=data.random_erasing,
-        eval_crop_pct=data.eval_crop_pct)
+        rand_augment=data.rand_augment or None, eval_crop_pct=data.eval_crop_pct, num_workers=data.num_workers)
 
 
-def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> ResumableIterator:
+def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> DataIterator:
     """Host-local batches of ``split``: endless and augmented if ``train``, else one padded pass."""
     _check_dataset(config.dataset.name)
     batch = config.global_batch_size if train else config.eval_batch_size
@@ -85,12 +90,27 @@ def mixup_config(config: ml_collections.ConfigDict) -> mixup.MixupConfig:
                              num_classes=config.dataset.num_classes)
 
 
+def model_inputs(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """``uint8 images -> float32 model inputs``, jit-able, for the device: ImageNet's mean/std
+    normalisation, or Fashion-MNIST's (with its resize and channel replication)."""
+    _check_dataset(config.dataset.name)
+    if config.dataset.name == "fashion_mnist":
+        return functools.partial(fashion_mnist.fashion_mnist_to_float, spec=_fashion_mnist_spec(config))
+    return functools.partial(device_ops.normalize, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
 def batch_to_targets(config: ml_collections.ConfigDict):
-    """``(key, batch) -> (images, soft targets)``: Mixup/CutMix + label smoothing, jit-able."""
+    """``(key, batch) -> (images, soft targets)``, jit-able: the model inputs of :func:`model_inputs`,
+    randomly erased (ImageNet, ``dataset.random_erasing``), then Mixup/CutMix + label smoothing."""
     mix = mixup_config(config)
     groups = config.augment.mix_groups
+    to_float = model_inputs(config)
+    erasing = config.dataset.random_erasing if config.dataset.name == "imagenet2012" else 0.0
 
     def apply(key: jax.Array, batch: dict):
-        return mixup.mixup_cutmix(key, batch["image"], batch["label"], mix, num_groups=groups)
+        images = to_float(batch["image"])
+        if erasing > 0:
+            images = device_ops.random_erasing(jax.random.fold_in(key, _ERASING_SALT), images, erasing)
+        return mixup.mixup_cutmix(key, images, batch["label"], mix, num_groups=groups)
 
     return apply

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# (key, batch) -> (images, soft targets [batch, classes]): mixup/cutmix + label smoothing, or not.
+# (key, batch) -> (model inputs, soft targets [batch, classes]): the batch's (uint8) images made the
+# model's inputs on device (normalisation, random erasing), then mixup/cutmix + label smoothing, or not.
 BatchToTargets = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
 
 
@@ -89,10 +90,14 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef, tx: op
     return new_state, metrics
 
 
-def eval_step(params: dict, rngs: dict, batch: dict, *, graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
-    """Sums over the valid (``mask``) examples of a batch: cross-entropy, top-1 and top-5 hits."""
+def eval_step(params: dict, rngs: dict, batch: dict, *, graphdef: nnx.GraphDef,
+              model_inputs: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
+    """Sums over the valid (``mask``) examples of a batch: cross-entropy, top-1 and top-5 hits.
+
+    ``model_inputs`` turns the batch's (uint8) images into the model's inputs (normalisation).
+    """
     model = nnx.merge(graphdef, params, rngs)
-    logits = model(batch["image"]).astype(jnp.float32)
+    logits = model(model_inputs(batch["image"])).astype(jnp.float32)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]

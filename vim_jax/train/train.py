@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vim_jax import ops
-from vim_jax.data.iterators import prefetch_to_device
+from vim_jax.data.pipeline import prefetch_to_device
 from vim_jax.train import input_pipeline, optim, steps, train_state
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train.checkpoint import Checkpointer
@@ -70,10 +70,11 @@ def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSe
         out_shardings=(setup.state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
 
 
-def jit_eval_step(setup: train_state.ModelSetup, mesh):
-    """``eval_step`` jitted for this model and mesh: (params, rngs, batch) -> replicated sums."""
+def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh):
+    """``eval_step`` jitted for this config's data, model and mesh: (params, rngs, batch) -> replicated sums."""
     shardings = setup.state_shardings
-    return jax.jit(functools.partial(steps.eval_step, graphdef=setup.eval_graphdef),
+    return jax.jit(functools.partial(steps.eval_step, graphdef=setup.eval_graphdef,
+                                     model_inputs=input_pipeline.model_inputs(config)),
                    in_shardings=(shardings.params, shardings.rngs, mesh_lib.batch_sharding(mesh)),
                    out_shardings=mesh_lib.replicated(mesh))
 
@@ -121,7 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     last_step = min(total_steps, config.stop_after_steps or total_steps)
 
     train_step = jit_train_step(config, setup, mesh, steps_per_epoch)
-    eval_fn = jit_eval_step(setup, mesh)
+    eval_fn = jit_eval_step(config, setup, mesh)
 
     writer = MetricsWriter(workdir, start_step=start_step, total_steps=total_steps, active=is_main,
                            tensorboard=config.tensorboard, progress_bar=config.progress_bar)
