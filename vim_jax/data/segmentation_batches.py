@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from vim_jax.data import seg_transforms as st
-from vim_jax.data.iterators import ArrayIterator, Batch, IndexSampler
+from vim_jax.data.pipeline import Batch, DataIterator
+from vim_jax.data.sampler import IndexSampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +68,16 @@ class SegmentationLoader:
                 "label": np.stack([e["mask"] for e in examples])}
 
 
-@dataclasses.dataclass(frozen=True)
-class _LoadIndices:
-    # An ArrayIterator transform: its batch holds only example indices (and the padding mask).
-    loader: SegmentationLoader
-
-    def __call__(self, batch: Batch, positions: np.ndarray) -> Batch:
-        return {**self.loader(batch["index"], positions), "mask": batch["mask"]}
-
-
 def segmentation_iterator(source: Any, global_batch_size: int, *, train: bool, seed: int = 0,
                           config: st.SegTrainConfig = st.SegTrainConfig(),
                           eval_pad_size: tuple[int, int] | None = None,
-                          process_index: int | None = None, process_count: int | None = None
-                          ) -> ArrayIterator:
+                          process_index: int | None = None, process_count: int | None = None,
+                          num_workers: int = 0, num_threads: int = 1) -> DataIterator:
     """Resumable batches of ``source``: training shuffles per epoch, endlessly, dropping the last
-    partial batch; evaluation is one pass in order with the last batch padded (``mask`` False)."""
+    partial batch; evaluation is one pass in order with the last batch padded (``mask`` False).
+    ``num_workers`` Grain worker processes (0: threads of this process) build the batches."""
     sampler = IndexSampler(len(source), global_batch_size, seed=seed, shuffle=train, drop_remainder=train,
                            process_index=process_index, process_count=process_count)
     loader = SegmentationLoader(source, seed, train, config, eval_pad_size)
-    return ArrayIterator({"index": np.arange(len(source))}, sampler, _LoadIndices(loader),
-                         num_steps=None if train else sampler.steps_per_epoch)
+    return DataIterator(sampler, loader, num_steps=None if train else sampler.steps_per_epoch,
+                        num_workers=num_workers, num_threads=num_threads)
