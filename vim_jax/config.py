@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -96,7 +97,9 @@ class VimConfig(PatchGrid):
 
     # Precision and execution. Parameters are always float32; `dtype` is the compute dtype.
     dtype: str = "float32"
-    scan_backend: str | None = None  # None: fastest backend that runs here.
+    # A backend name, a backend object with its options (e.g. PallasScan(interpret=True)), a tuple
+    # of those tried in order, or None: the fastest that runs here (see vim_jax.ops.selective_scan).
+    scan_backend: Any = None
     remat: bool = False  # Recompute each block in the backward pass (saves activation memory).
 
     def __post_init__(self):
