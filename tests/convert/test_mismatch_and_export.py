@@ -20,7 +20,7 @@ from tests.convert.checkpoint_files import (
 from tests.official_torch import random_official_state_dict
 from vim_jax import cli
 from vim_jax.convert import CheckpointMismatchError, export_official, fill_abstract, load_into
-from vim_jax.convert.vim_keys import ours_to_official
+from vim_jax.models.vim_keys import VIM_KEYS
 from vim_jax.registry import get_config
 
 
@@ -98,7 +98,7 @@ def test_export_round_trips_bitwise(tmp_path, switches):
     params = random_params(cfg, seed=3)
     path = export_official(fill_abstract(abstract_vim(cfg), params), tmp_path / "export.pth")
     written = torch.load(path, weights_only=True)["model"]
-    want = ours_to_official(params, cfg)
+    want = VIM_KEYS.ours_to_official(params, cfg)
     assert list(written) == list(want)
     for key, value in want.items():
         np.testing.assert_array_equal(written[key].numpy(), value, err_msg=key)
