@@ -50,8 +50,8 @@ def _load_plugins() -> None:
     for module in PLUGIN_MODULES:
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass  # not installed (or its dependencies are not): its backend is simply not offered
+        except (ImportError, NotImplementedError):
+            pass  # not installed, or cannot run here: its backend is simply not offered
 
 
 def list_backends() -> tuple[str, ...]:
