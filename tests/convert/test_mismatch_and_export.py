@@ -71,6 +71,16 @@ def test_deit_state_dict_is_not_a_vim(tmp_path):
     assert "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint" in message
 
 
+
+def test_deit_models_refuse_official_pth_files_and_export(tmp_path):
+    """DeiT has no official key table: loading a .pth into one, or exporting one, says so."""
+    path = write_bare_state_dict(tmp_path / "vim.pth", random_official_state_dict(get_config("vim_test"), 0))
+    deit = vim_jax.create_model("deit_test")
+    with pytest.raises(CheckpointMismatchError, match="DeiTConfig models have no official .pth layout"):
+        load_into(nnx.eval_shape(lambda: vim_jax.create_model("deit_test")), path)
+    with pytest.raises(CheckpointMismatchError, match="vim_jax checkpoints only"):
+        export_official(deit, tmp_path / "deit.pth")
+
 def test_wrong_entries_of_a_training_dict(tmp_path):
     cfg = get_config("vim_test")
     path = tmp_path / "no_ema.pth"
