@@ -324,17 +324,15 @@ def main():
     for cfg_dict in json.loads(args.sweep or "[]"):
         # keys starting with "_" pick where to time it: "_shapes" (indices), "_bidir" (list of bools)
         where = {k: cfg_dict.pop(k) for k in list(cfg_dict) if k.startswith("_")}
-        cfg = pss.ScanConfig(**cfg_dict)
-        pss.set_config(cfg)
+        tiled = pss.PallasScan(config=pss.ScanConfig(**cfg_dict))
         sweep_shapes = [SHAPES[i] for i in where["_shapes"]] if "_shapes" in where else shapes
         for shape in sweep_shapes:
             for bidir in where.get("_bidir", (False, True)):
-                r = timed("pallas", shape, bidir)
+                r = timed(tiled, shape, bidir)
                 rec = dict(config=cfg_dict, shape=shape, bidir=bidir, **r)
                 result["sweep"].append(rec)
                 save()
                 print("sweep", cfg_dict, shape, "bidir" if bidir else "one", r, flush=True)
-        pss.set_config(None)
 
     run_timings([b for b in backends if not is_kernel(b)])
 

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from vim_jax.train.config_file import split_overrides
+
 COMMANDS = {
     "train": ("vim_jax.train.command", "train a model from a config file"),
     "eval": ("vim_jax.train.eval_command", "evaluate a checkpoint on a dataset split"),
@@ -18,8 +20,8 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The subcommand's arguments; ``--config.<key>=<value>`` ones in ``args.config_overrides``."""
     parser = argparse.ArgumentParser(prog="vim-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     # Only the chosen subcommand's module is imported; the others get a stub parser for --help.
@@ -30,9 +32,20 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(module_name)
             module.add_arguments(command_parser)
             command_parser.set_defaults(run=module.run)
-    args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    # argparse has no wildcard options: the config overrides are what it leaves over, and
+    # vim_jax.train.config_file hands them to ml_collections.config_flags.
+    args, extras = parser.parse_known_args(argv)
+    overrides, unknown = split_overrides(extras)
+    if unknown or (overrides and not hasattr(args, "config_overrides")):
+        parser.error("unrecognized arguments: " + " ".join(unknown or extras))
+    if hasattr(args, "config_overrides"):
+        args.config_overrides = overrides
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return int(args.run(args) or 0)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -16,9 +17,17 @@ NORMS = ("rmsnorm", "layernorm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+@dataclasses.dataclass(frozen=True)
 class PatchGrid:
-    """Token counts of a patch-embedding model config (fields `img_size`, `patch_size`, `stride`
-    and a `num_cls_tokens` property); shared by the Vim and DeiT configs."""
+    """The patch grid and widths of a patch-embedding model config, and its token counts (with
+    the subclass's `num_cls_tokens`); shared by the Vim and DeiT configs."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    stride: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -42,13 +51,7 @@ class VimConfig(PatchGrid):
     two, class token in the middle, absolute position embedding, RMSNorm, float32 residual).
     """
 
-    # Patch grid and widths.
-    img_size: int = 224
-    patch_size: int = 16
-    stride: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 192
+    # Patch grid and widths: those of `PatchGrid`, and
     depth: int = 24
     d_state: int = 16
     d_conv: int = 4
@@ -96,7 +99,9 @@ class VimConfig(PatchGrid):
 
     # Precision and execution. Parameters are always float32; `dtype` is the compute dtype.
     dtype: str = "float32"
-    scan_backend: str | None = None  # None: fastest backend that runs here.
+    # A backend name, a backend object with its options (e.g. PallasScan(interpret=True)), a tuple
+    # of those tried in order, or None: the fastest that runs here (see vim_jax.ops.selective_scan).
+    scan_backend: Any = None
     remat: bool = False  # Recompute each block in the backward pass (saves activation memory).
 
     def __post_init__(self):

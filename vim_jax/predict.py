@@ -45,7 +45,7 @@ def load_images(sources: Sequence[str | os.PathLike | Image.Image], settings: Ev
     for source in sources:
         try:
             images.append(eval_transform_pil(source, image_size=settings.input_size,
-                                             crop_pct=settings.input_size / settings.resize_size,
+                                             crop_pct=settings.crop_pct,
                                              mean=settings.mean, std=settings.std,
                                              interpolation=settings.interpolation))
         except (OSError, ValueError) as err:  # missing, unreadable, truncated or not an image

@@ -15,18 +15,18 @@ from typing import Any, Callable
 
 from flax import nnx
 
-log = logging.getLogger(__name__)
+from vim_jax.data.constants import IMAGENET_EVAL_CROP_PCT, IMAGENET_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """How a model's released weights were evaluated (the official transform by default)."""
+    """How a model's released weights were evaluated (the official transform by default: the
+    shorter side resized to `input_size / crop_pct`, then a centre crop of `input_size`)."""
 
-    input_size: int = 224
-    resize_size: int = 256  # shorter side, before the centre crop
+    input_size: int = IMAGENET_IMAGE_SIZE
+    crop_pct: float = IMAGENET_EVAL_CROP_PCT
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 from jax.experimental import pallas as pl
@@ -79,7 +78,8 @@ _MIN_SEG_CHUNKS = 8  # a segment shorter than this many chunks costs more in sum
 
 
 def default_config(batch: int, length: int, channels: int, config: ScanConfig | None = None) -> ScanConfig:
-    """The config for one call; `config` (or env `VIM_JAX_PALLAS_CONFIG`, 'key=value,...') overrides.
+    """The config for one call: `config` if given (its segment length fitted to the call), else
+    the per-shape default.
 
     Measured on an H100 (NOTES.md): without segments a forward block of 32 channels (one per
     thread, 130 registers) beat 64 (two per thread, 255 registers) at (128, 197, 768): 0.41 vs
@@ -87,12 +87,10 @@ def default_config(batch: int, length: int, channels: int, config: ScanConfig | 
     without segments use 64 and segments.
     """
     if config is None:
-        overrides = _env_overrides()
-        config = ScanConfig(**overrides)
-        if "block_c" not in overrides:
-            narrow = dataclasses.replace(config, block_c=32)
-            if _segments(batch, length, channels, narrow) == 1:
-                config = narrow
+        config = ScanConfig()
+        narrow = dataclasses.replace(config, block_c=32)
+        if _segments(batch, length, channels, narrow) == 1:
+            config = narrow
     if config.seg_len is not None:
         seg = max(config.chunk, cdiv(config.seg_len, config.chunk) * config.chunk)
         return dataclasses.replace(config, seg_len=seg if seg < length else None)
@@ -108,19 +106,6 @@ def _segments(batch, length, channels, config) -> int:
     if warps >= _SPLIT_BELOW_WARPS:
         return 1
     return min(cdiv(_TARGET_WARPS, warps), max(1, length // (_MIN_SEG_CHUNKS * config.chunk)))
-
-
-def _env_overrides() -> dict:
-    spec = os.environ.get("VIM_JAX_PALLAS_CONFIG", "").strip()
-    out = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        key, value = item.split("=")
-        value = value.strip()
-        if value.lower() in ("none", "true", "false"):
-            out[key.strip()] = {"none": None, "true": True, "false": False}[value.lower()]
-        else:
-            out[key.strip()] = int(value) if value.isdigit() else value
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from tests.official_torch import random_official_state_dict
 from vim_jax.config import VimConfig
-from vim_jax.convert.vim_keys import official_to_ours
+from vim_jax.models.vim_keys import VIM_KEYS
 from vim_jax.models.vim import VisionMamba
 
 # The float64 oracle runs thousands of tiny ops; extra threads only add contention on small CPUs.
@@ -123,7 +123,7 @@ def abstract_vim(cfg: VimConfig) -> VisionMamba:
 def random_params(cfg: VimConfig, seed: int) -> dict:
     """Random weights in our parameter layout (`nnx.to_pure_dict`), made in numpy."""
     shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(abstract_vim(cfg), nnx.Param)))
-    return official_to_ours(random_official_state_dict(cfg, seed), cfg, shapes)
+    return VIM_KEYS.official_to_ours(random_official_state_dict(cfg, seed), cfg, shapes)
 
 
 def relative_error(got, ref) -> float:

@@ -20,7 +20,7 @@ from tests.convert.checkpoint_files import (
 from tests.official_torch import random_official_state_dict
 from vim_jax import cli
 from vim_jax.convert import CheckpointMismatchError, export_official, fill_abstract, load_into
-from vim_jax.convert.vim_keys import ours_to_official
+from vim_jax.models.vim_keys import VIM_KEYS
 from vim_jax.registry import get_config
 
 
@@ -71,6 +71,16 @@ def test_deit_state_dict_is_not_a_vim(tmp_path):
     assert "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint" in message
 
 
+
+def test_deit_models_refuse_official_pth_files_and_export(tmp_path):
+    """DeiT has no official key table: loading a .pth into one, or exporting one, says so."""
+    path = write_bare_state_dict(tmp_path / "vim.pth", random_official_state_dict(get_config("vim_test"), 0))
+    deit = vim_jax.create_model("deit_test")
+    with pytest.raises(CheckpointMismatchError, match="DeiTConfig models have no official .pth layout"):
+        load_into(nnx.eval_shape(lambda: vim_jax.create_model("deit_test")), path)
+    with pytest.raises(CheckpointMismatchError, match="vim_jax checkpoints only"):
+        export_official(deit, tmp_path / "deit.pth")
+
 def test_wrong_entries_of_a_training_dict(tmp_path):
     cfg = get_config("vim_test")
     path = tmp_path / "no_ema.pth"
@@ -98,7 +108,7 @@ def test_export_round_trips_bitwise(tmp_path, switches):
     params = random_params(cfg, seed=3)
     path = export_official(fill_abstract(abstract_vim(cfg), params), tmp_path / "export.pth")
     written = torch.load(path, weights_only=True)["model"]
-    want = ours_to_official(params, cfg)
+    want = VIM_KEYS.ours_to_official(params, cfg)
     assert list(written) == list(want)
     for key, value in want.items():
         np.testing.assert_array_equal(written[key].numpy(), value, err_msg=key)

@@ -17,7 +17,7 @@ import vim_jax
 from tests.convert.checkpoint_files import abstract_vim, relative_error, write_bare_state_dict, write_training_checkpoint
 from tests.official_torch import official_logits, random_official_state_dict
 from vim_jax.convert import CheckpointMismatchError, load_into
-from vim_jax.convert.vim_keys import ours_to_official
+from vim_jax.models.vim_keys import VIM_KEYS
 from vim_jax.registry import get_config
 
 TOLERANCE = 1e-4  # float32 on CPU against float64
@@ -61,7 +61,7 @@ def test_config_matrix_through_files(tmp_path, switches):
     cfg = vim_jax.VimConfig(**{**SMALL, **switches})
     sd = random_official_state_dict(cfg, seed=len(switches))
     model = load_into(abstract_vim(cfg), write_training_checkpoint(tmp_path / "m.pth", sd, cfg))
-    back = ours_to_official(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))), cfg)
+    back = VIM_KEYS.ours_to_official(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))), cfg)
     assert back.keys() == sd.keys()
     for key, value in sd.items():
         np.testing.assert_array_equal(back[key], value, err_msg=key)

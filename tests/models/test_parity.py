@@ -12,13 +12,13 @@ from flax import nnx
 
 import vim_jax
 from tests.official_torch import official_logits, random_official_state_dict
-from vim_jax.convert.vim_keys import official_to_ours, ours_to_official
+from vim_jax.models.vim_keys import VIM_KEYS
 
 
 def load_official(model, state_dict):
     cfg = model.cfg
     shapes = jax.tree.map(lambda v: v.shape, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    nnx.update(model, official_to_ours(state_dict, cfg, shapes))
+    nnx.update(model, VIM_KEYS.official_to_ours(state_dict, cfg, shapes))
     return model
 
 
@@ -64,7 +64,7 @@ def test_key_table_round_trips(switches):
     model = vim_jax.create_model("vim_test", **switches)
     sd = random_official_state_dict(model.cfg, seed=5)
     load_official(model, sd)
-    back = ours_to_official(nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg)
+    back = VIM_KEYS.ours_to_official(nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg)
     assert set(back) == set(sd)
     for key in sd:
         np.testing.assert_array_equal(back[key], sd[key], err_msg=key)

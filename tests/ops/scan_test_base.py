@@ -62,7 +62,7 @@ def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
 
 
 class SelectiveScanTestBase:
-    backend: str = ""
+    backend: object = ""  # a registered name or a backend object
     # (batch, length, channels, state): odd lengths, channel counts that are not powers of two.
     shapes = [(2, 33, 5, 3), (1, 197, 24, 16), (2, 65, 48, 16)]
 

@@ -16,6 +16,7 @@ import pytest
 import pallas_kernels.selective_scan as pss
 from pallas_kernels.selective_scan import tiling
 from tests.ops.scan_test_base import ARG_NAMES, SelectiveScanTestBase, _evaluate, oracle, random_scan_inputs, rel_err
+import vim_jax.ops
 from vim_jax.ops import selective_scan
 
 # Forward blocks of 16 channels (24 and 48 channels span 2 and 3 of them), backward blocks of 32
@@ -23,27 +24,21 @@ from vim_jax.ops import selective_scan
 SMALL = pss.ScanConfig(block_c=16, chunk=2, bwd_block_c=32, bwd_num_warps=1)
 
 
-@pytest.fixture(autouse=True)
-def interpret(request):
-    """Interpret mode on, small tiling; both restored afterwards."""
-    pss.set_interpret(True)
-    pss.set_config(getattr(request.node.cls, "config", None))
-    yield
-    pss.set_interpret(None)
-    pss.set_config(None)
+def interpreted(config=None):
+    """The Pallas backend in interpret mode, with `config`'s tiling (None: the per-shape default)."""
+    return pss.PallasScan(config=config, interpret=True)
 
 
 class TestPallas(SelectiveScanTestBase):
-    backend = "pallas"
-    config = SMALL
+    backend = interpreted(SMALL)
     # Lengths 33, 197 and 65 all leave a 1-token tail after chunks of 2 (and of 8, below).
     shapes = [(2, 33, 5, 3), (1, 197, 24, 4), (2, 65, 48, 5)]
 
 
-def _check(inputs, reverse=False, bidirectional=False, wrt=ARG_NAMES, tol=(1e-5, 1e-4)):
+def _check(backend, inputs, reverse=False, bidirectional=False, wrt=ARG_NAMES, tol=(1e-5, 1e-4)):
     ref, ref_g = oracle(inputs, reverse, bidirectional=bidirectional, wrt=wrt)
     args = {k: jnp.asarray(v, jnp.float32) for k, v in inputs.items()}
-    out, got = _evaluate(args, "pallas", reverse, bidirectional, 0.5, wrt)
+    out, got = _evaluate(args, backend, reverse, bidirectional, 0.5, wrt)
     assert rel_err(out, ref) < tol[0]
     for name in wrt:
         assert rel_err(got[name], ref_g[name]) < tol[1], name
@@ -53,33 +48,32 @@ def test_tail_is_masked_not_skipped():
     """The default tiling (chunks of 8): 2 chunks and a tail of 5, scanned in reverse (so the tail
     is the sequence's first tokens), values and gradients. (A segment shorter than one chunk is
     in `test_segments_bidirectional`.)"""
-    pss.set_config(pss.ScanConfig())
-    _check(random_scan_inputs(60, 2, 21, 40, 4), reverse=True)
+    _check(interpreted(pss.ScanConfig()), random_scan_inputs(60, 2, 21, 40, 4), reverse=True)
 
 
 def test_segments_bidirectional():
     """A sequence cut into segments (summaries + XLA chaining), both directions fused, with a
     ragged last segment and another channel block in the backward (cross-warp shuffle sums)."""
-    pss.set_config(pss.ScanConfig(block_c=16, chunk=4, seg_len=8, bwd_block_c=64, bwd_num_warps=2))
-    _check(random_scan_inputs(70, 1, 27, 40, 3, lead=(2,)), bidirectional=True)
+    config = pss.ScanConfig(block_c=16, chunk=4, seg_len=8, bwd_block_c=64, bwd_num_warps=2)
+    _check(interpreted(config), random_scan_inputs(70, 1, 27, 40, 3, lead=(2,)), bidirectional=True)
 
 
 def test_segments_reverse_tree_reduction():
-    pss.set_config(pss.ScanConfig(block_c=32, chunk=2, seg_len=12, reduce="tree"))
-    _check(random_scan_inputs(71, 2, 31, 5, 4), reverse=True)
+    _check(interpreted(pss.ScanConfig(block_c=32, chunk=2, seg_len=12, reduce="tree")),
+           random_scan_inputs(71, 2, 31, 5, 4), reverse=True)
 
 
 def test_backend_none_on_cpu_never_picks_pallas(monkeypatch):
-    """On CPU the default order is associative then reference, interpret mode or not."""
+    """On CPU the default order is reference then associative: the registered Pallas backend is
+    never called."""
     calls = []
-    monkeypatch.setattr(pss, "selective_scan", lambda *a: calls.append(a))
+    monkeypatch.setattr(pss.PallasScan, "selective_scan", lambda *a: calls.append(a))
     inputs = {k: jnp.asarray(v, jnp.float32) for k, v in random_scan_inputs(72, 1, 9, 3, 2).items()}
     selective_scan(**inputs)
     assert not calls
 
 
 def test_not_runnable_without_gpu_or_interpret():
-    pss.set_interpret(False)
     inputs = {k: jnp.asarray(v, jnp.float32) for k, v in random_scan_inputs(73, 1, 9, 3, 2).items()}
     if jax.default_backend() != "gpu":
         with pytest.raises(NotImplementedError, match="interpret"):
@@ -87,20 +81,30 @@ def test_not_runnable_without_gpu_or_interpret():
     assert selective_scan(**inputs, backend=("pallas", "reference")).shape == (1, 9, 3)
 
 
-def test_interpret_switch_reads_the_environment(monkeypatch):
-    pss.set_interpret(None)
-    monkeypatch.setenv("VIM_JAX_PALLAS_INTERPRET", "1")
-    assert pss.interpret_enabled()
-    monkeypatch.setenv("VIM_JAX_PALLAS_INTERPRET", "0")
-    assert not pss.interpret_enabled()
+def test_options_are_static_arguments_not_globals():
+    """A function jitted with one backend object is traced again for another: interpret mode off
+    cannot run on CPU (falls through to the reference), on runs the kernel; both agree."""
+    inputs = {k: jnp.asarray(v, jnp.float32) for k, v in random_scan_inputs(75, 1, 9, 3, 2).items()}
+    traced = []
+
+    def scan(inputs, backend):
+        traced.append(backend)
+        return selective_scan(**inputs, backend=(backend, "reference"))
+
+    run = jax.jit(scan, static_argnums=1)
+    interpreted_out = run(inputs, interpreted(SMALL))
+    compiled_out = run(inputs, pss.PallasScan(config=SMALL))
+    assert traced == [interpreted(SMALL), pss.PallasScan(config=SMALL)]
+    assert rel_err(interpreted_out, compiled_out) < 1e-5
+    assert "pallas" in vim_jax.ops.list_backends()
 
 
 def test_float64_falls_through():
     with jax.enable_x64(True):
         inputs = {k: jnp.asarray(v) for k, v in random_scan_inputs(74, 1, 9, 3, 2).items()}
         with pytest.raises(NotImplementedError, match="float32 and bfloat16"):
-            selective_scan(**inputs, backend="pallas")
-        out = selective_scan(**inputs, backend=("pallas", "reference"))
+            selective_scan(**inputs, backend=interpreted())
+        out = selective_scan(**inputs, backend=(interpreted(), "reference"))
     assert out.dtype == jnp.float64
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 
 from tests.train.helpers import FASHION_MNIST, REPO, SMOKE
-from vim_jax.train import command
+from vim_jax import cli
 from vim_jax.train.config_file import apply_overrides, config_from_args, load_config, split_overrides
 
 
@@ -62,10 +61,7 @@ def test_config_file_argument_and_errors(tmp_path):
 
 
 def test_train_command_line_collects_overrides_in_both_forms():
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    command.add_arguments(sub.add_parser("train"))
-    args = parser.parse_args(["train", "--config", SMOKE, "--config.optim.base_lr=0.1", "--workdir", "/w",
+    args = cli.parse_args(["train", "--config", SMOKE, "--config.optim.base_lr=0.1", "--workdir", "/w",
                               "--config.mesh.fsdp", "4"])
     assert args.workdir == "/w" and args.config == SMOKE
     assert args.config_overrides == [("optim.base_lr", "0.1"), ("mesh.fsdp", "4")]

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx, traverse_util
 
 import vim_jax
-from vim_jax.convert.vim_keys import official_rules
+from vim_jax.models.vim_keys import official_rules
 from vim_jax.train import optim
 from vim_jax.train.defaults import default_config
 from vim_jax.train.mesh import logical_axes_of

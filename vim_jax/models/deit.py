@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vim_jax.config import PatchGrid
-from vim_jax.models.layers import Norm, PatchEmbed, drop_path, param, timm_trunc_normal, torch_linear_uniform
-from vim_jax.models.vim import VisionMamba
+from vim_jax.config import DTYPES, PatchGrid
+from vim_jax.models.backbone import PatchTokenModel, input_dropout, scan_blocks, stack_blocks
+from vim_jax.models.deit_keys import DEIT_KEYS
+from vim_jax.models.layers import Norm, drop_path, param, timm_trunc_normal, torch_linear_uniform
 
 ATTENTIONS = ("flash", "xla")
 DEIT_POOLS = ("token", "mean")
-DTYPES = ("float32", "bfloat16", "float16")
 
 _timm_normal = timm_trunc_normal(0.02)  # timm's init of every Linear weight and of pos_embed
 
@@ -37,12 +37,7 @@ class DeiTConfig(PatchGrid):
     plain attention everywhere (the full score matrix in memory).
     """
 
-    img_size: int = 224
-    patch_size: int = 16
-    stride: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 192
+    # The patch grid and widths of `PatchGrid`, and
     depth: int = 12
     num_heads: int = 3
     mlp_ratio: float = 4.0
@@ -208,21 +203,19 @@ class Block(nnx.Module):
         return x + drop_path(h, drop_rate, None if deterministic else keys[1], deterministic).astype(x.dtype)
 
 
-class DeiT(nnx.Module):
+class DeiT(PatchTokenModel):
     """DeiT over channels-last images `[batch, height, width, in_chans]`.
 
     `forward_features` returns the final-normed tokens `[batch, seq_len, embed_dim]` (float32,
     class token first), `forward_head` pools them (class token or patch mean) and applies the
-    classifier, and calling the model does both. Drop path and dropout follow the NNX mode:
-    `model.train()` / `model.eval()`.
+    classifier, and calling the model does both.
     """
 
-    check_images = VisionMamba.check_images  # the same messages for the same mistakes
+    checkpoint_keys = DEIT_KEYS
 
     def __init__(self, cfg: DeiTConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        super().__init__(cfg, rngs=rngs)
         d = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.stride, cfg.in_chans, d, rngs=rngs)
         # timm leaves the patch conv at PyTorch's default init (its ViT init touches Linear only).
         fan_in = cfg.patch_size * cfg.patch_size * cfg.in_chans
         self.patch_embed.kernel[...] = torch_linear_uniform(rngs.params(), self.patch_embed.kernel.shape, fan_in)
@@ -231,23 +224,11 @@ class DeiT(nnx.Module):
             self.cls_token = param(1e-6 * jax.random.normal(rngs.params(), (1, 1, d)), (None, None, "embed"))
         self.pos_embed = param(_timm_normal(rngs.params(), (1, cfg.seq_len, d)), (None, None, "embed"))
 
-        @nnx.split_rngs(splits=cfg.depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs):
-            return Block(cfg, rngs=rngs)
-
-        self.blocks = make_blocks(rngs)
+        self.blocks = stack_blocks(lambda rngs: Block(cfg, rngs=rngs), cfg.depth, rngs)
         self.norm = Norm(d, "layernorm", cfg.norm_eps)
         if cfg.num_classes:
             self.head = Dense(d, cfg.num_classes, ("embed", "classes"), rngs=rngs)
-        self.deterministic = False
-        needs_rng = cfg.drop_rate > 0 or cfg.drop_path_rate > 0
-        self.dropout_rngs = rngs["dropout"].fork() if needs_rng else None
-
-    def _keys(self, count):
-        if self.deterministic or self.dropout_rngs is None:
-            return None
-        return jax.random.split(self.dropout_rngs(), count)
+        self.init_dropout(rngs)
 
     def forward_features(self, images):
         """Images -> final-normed tokens `[batch, seq_len, embed_dim]`, float32."""
@@ -259,10 +240,8 @@ class DeiT(nnx.Module):
             cls = jnp.broadcast_to(self.cls_token[...].astype(stream_dtype), (x.shape[0], 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)
         x = x + self.pos_embed[...].astype(stream_dtype)
-        keys = self._keys(2 * cfg.depth + 1)
-        if keys is not None and cfg.drop_rate > 0:
-            keep = jax.random.bernoulli(keys[-1], 1.0 - cfg.drop_rate, x.shape)
-            x = jnp.where(keep, x / (1.0 - cfg.drop_rate), 0.0).astype(stream_dtype)
+        keys = self.dropout_keys(2 * cfg.depth + 1)
+        x = input_dropout(x, cfg.drop_rate, None if keys is None else keys[-1])
         x = self._run_blocks(x, keys)
         return self.norm(x, jnp.float32)
 
@@ -270,18 +249,15 @@ class DeiT(nnx.Module):
         """`lax.scan` over the stacked blocks; block i drops with rate linspace(0, rate, depth)[i]."""
         cfg = self.cfg
         deterministic = keys is None
-        graphdef, state = nnx.split(self.blocks)
         rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth).astype(np.float32)
         layer_keys = (keys[: 2 * cfg.depth].reshape(cfg.depth, 2, *keys.shape[1:]) if keys is not None
                       else jnp.zeros((cfg.depth, 2), jnp.uint32))
 
-        def body(x, xs):
-            block_state, rate, key = xs
-            return nnx.merge(graphdef, block_state)(x, rate, key, deterministic), None
+        def step(members, x, xs):
+            rate, key = xs
+            return members[0](x, rate, key, deterministic), None
 
-        if cfg.remat:
-            body = jax.checkpoint(body)
-        x, _ = jax.lax.scan(body, x, (state, rates, layer_keys))
+        x, _ = scan_blocks(self.blocks, step, x, (rates, layer_keys), remat=cfg.remat)
         return x
 
     def forward_head(self, features, pre_logits: bool = False):

@@ -8,8 +8,10 @@ import numpy as np
 from flax import nnx
 
 from vim_jax.config import VimConfig
-from vim_jax.models.layers import Norm, PatchEmbed, apply_rope, drop_path, param, rope_tables, timm_trunc_normal
+from vim_jax.models.backbone import PatchTokenModel, input_dropout, scan_blocks, stack_blocks
+from vim_jax.models.layers import Norm, apply_rope, drop_path, param, rope_tables, timm_trunc_normal
 from vim_jax.models.mixer import VimMixer
+from vim_jax.models.vim_keys import VIM_KEYS
 
 
 class Block(nnx.Module):
@@ -35,59 +37,30 @@ class Head(nnx.Module):
         return y.astype(jnp.float32)
 
 
-class VisionMamba(nnx.Module):
+class VisionMamba(PatchTokenModel):
     """Vision Mamba over channels-last images `[batch, height, width, in_chans]`.
 
     `forward_features` returns the normalised token sequence `[batch, tokens, embed_dim]`
     (float32), `forward_head` pools it (class token(s), mean, max or last token) and applies the
-    classifier, and calling the model does both. Dropout and drop path follow the NNX mode:
-    `model.train()` / `model.eval()`.
+    classifier, and calling the model does both.
     """
 
+    checkpoint_keys = VIM_KEYS
+
     def __init__(self, cfg: VimConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        super().__init__(cfg, rngs=rngs)
         d = cfg.embed_dim
         trunc = timm_trunc_normal(0.02)
-        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.stride, cfg.in_chans, d, rngs=rngs)
         if cfg.num_cls_tokens:
             self.cls_token = param(trunc(rngs.params(), (1, cfg.num_cls_tokens, d)), (None, None, "embed"))
         if cfg.abs_pos_embed:
             self.pos_embed = param(trunc(rngs.params(), (1, cfg.seq_len, d)), (None, None, "embed"))
 
-        @nnx.split_rngs(splits=cfg.depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs):
-            return Block(cfg, rngs=rngs)
-
-        self.blocks = make_blocks(rngs)
+        self.blocks = stack_blocks(lambda rngs: Block(cfg, rngs=rngs), cfg.depth, rngs)
         self.norm_f = Norm(d, cfg.norm, cfg.norm_eps)
         if cfg.num_classes:
             self.head = Head(d, cfg.num_classes, rngs=rngs)
-        self.deterministic = False
-        needs_rng = cfg.drop_rate > 0 or cfg.drop_path_rate > 0
-        self.dropout_rngs = rngs["dropout"].fork() if needs_rng else None
-
-    # ---------------------------------------------------------------------------------------
-    def check_images(self, images):
-        """Raises a ValueError/TypeError naming what is wrong with `images` and what was expected."""
-        cfg = self.cfg
-        shape = getattr(images, "shape", None)
-        expected = f"[batch, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}]"
-        if shape is None or len(shape) != 4:
-            raise ValueError(f"images must be a 4-D channels-last array {expected}, got shape {shape}")
-        if shape[-1] != cfg.in_chans:
-            hint = " (channels-first input? transpose to [batch, height, width, channels])" \
-                if shape[1] == cfg.in_chans else ""
-            raise ValueError(f"images have {shape[-1]} channels, expected {cfg.in_chans}: {expected}{hint}")
-        if shape[1] != cfg.img_size or shape[2] != cfg.img_size:
-            raise ValueError(
-                f"image size {shape[1]}x{shape[2]} does not fit this model's patch grid, built for "
-                f"{cfg.img_size}x{cfg.img_size} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches of "
-                f"{cfg.patch_size}, stride {cfg.stride}); resize the images or create the model with "
-                f"img_size={shape[1]} (checkpoints' position embeddings are resized on load)")
-        if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise TypeError(f"images must be floating point (normalised pixels), got {images.dtype}; "
-                            f"convert uint8 images with the model's evaluation transform")
+        self.init_dropout(rngs)
 
     def _insert_cls_tokens(self, x):
         cfg = self.cfg
@@ -101,11 +74,6 @@ class VisionMamba(nnx.Module):
         mid = cfg.num_patches // 2
         return jnp.concatenate([x[:, :mid], cls, x[:, mid:]], axis=1)
 
-    def _keys(self, count):
-        if self.deterministic or self.dropout_rngs is None:
-            return None
-        return jax.random.split(self.dropout_rngs(), count)
-
     def forward_features(self, images):
         """Images -> final-normed tokens `[batch, seq_len, embed_dim]`, float32."""
         self.check_images(images)
@@ -114,10 +82,8 @@ class VisionMamba(nnx.Module):
         x = self._insert_cls_tokens(self.patch_embed(images, dtype).astype(stream_dtype))
         if cfg.abs_pos_embed:
             x = x + self.pos_embed[...].astype(stream_dtype)
-        keys = self._keys(cfg.depth + 2)
-        if keys is not None and cfg.drop_rate > 0:
-            keep = jax.random.bernoulli(keys[-1], 1.0 - cfg.drop_rate, x.shape)
-            x = jnp.where(keep, x / (1.0 - cfg.drop_rate), 0.0).astype(stream_dtype)
+        keys = self.dropout_keys(cfg.depth + 2)
+        x = input_dropout(x, cfg.drop_rate, None if keys is None else keys[-1])
         rope = self._rope() if cfg.rope else None
         if rope is not None:
             x = apply_rope(x, *rope)
@@ -136,35 +102,26 @@ class VisionMamba(nnx.Module):
         """`lax.scan` over the stacked blocks (pairs of blocks for bidirectional layers)."""
         cfg = self.cfg
         deterministic = keys is None
-        graphdef, state = nnx.split(self.blocks)
         # Block i drops the output of block i-1 with rate linspace(0, drop_path_rate, depth)[i-1].
         rates = np.concatenate([[0.0], np.linspace(0.0, cfg.drop_path_rate, cfg.depth)[:-1]]).astype(np.float32)
         layer_keys = keys[: cfg.depth] if keys is not None else jnp.zeros((cfg.depth,), jnp.uint32)
         group = 2 if cfg.bidirectional_layers else 1
         first = np.arange(cfg.depth // group) == 0
 
-        def grouped(tree):
-            return jax.tree.map(lambda a: a.reshape(cfg.depth // group, group, *a.shape[1:]), tree)
-
-        def body(carry, xs):
+        def step(members, carry, xs):
             residual, h = carry
-            block_state, rate, key, is_first = xs
+            rate, key, is_first = xs
             if rope is not None:
                 h = apply_rope(h, *rope)
                 if cfg.rope_residual:
                     residual = jnp.where(is_first, residual, apply_rope(residual, *rope))
-            outs = []
-            for j in range(group):  # j = 1: the second block of a pair runs on the reversed sequence
-                block = nnx.merge(graphdef, jax.tree.map(lambda a: a[j], block_state))
-                outs.append(block(residual, h, rate[j], None if deterministic else key[j], deterministic, flip=j == 1))
-            residual = sum(r for r, _ in outs)
-            h = sum(o for _, o in outs)
-            return (residual, h), None
+            # j = 1: the second block of a pair runs on the reversed sequence
+            outs = [block(residual, h, rate[j], None if deterministic else key[j], deterministic, flip=j == 1)
+                    for j, block in enumerate(members)]
+            return (sum(r for r, _ in outs), sum(o for _, o in outs)), None
 
-        if cfg.remat:
-            body = jax.checkpoint(body)
-        xs = (grouped(state), rates.reshape(-1, group), grouped(layer_keys), first)
-        (residual, h), _ = jax.lax.scan(body, (residual, h), xs)
+        xs = (rates.reshape(-1, group), layer_keys.reshape(cfg.depth // group, group, *layer_keys.shape[1:]), first)
+        (residual, h), _ = scan_blocks(self.blocks, step, (residual, h), xs, remat=cfg.remat, group=group)
         return residual, h
 
     def forward_head(self, features, pre_logits: bool = False):

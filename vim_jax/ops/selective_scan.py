@@ -1,77 +1,112 @@
 """The selective scan: one public function, interchangeable backends.
 
-A backend is a module with `selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+A backend is anything with `selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 reverse)` and, optionally, a fused `selective_scan_bidirectional(u, delta, A, B, C, D, z,
-delta_bias, delta_softplus, out_scale)`. A backend that cannot run here (wrong platform, missing
-package, unsupported shape) raises `NotImplementedError`, at import or at call, and the next one
-is tried. Calls happen at trace time, so the fall-through costs nothing inside `jax.jit`.
+delta_bias, delta_softplus, out_scale)`: a module registered by name, or an object that carries
+its own options (e.g. `pallas_kernels.selective_scan.PallasScan(config=..., interpret=True)`).
+Such an object is passed as `backend=` (alone or in a sequence with names); being hashable it
+can sit in a frozen model config and be a static argument of `jax.jit`, so a function traced
+with one set of options never silently keeps another's. A backend that cannot run here (wrong
+platform, missing package, unsupported shape) raises `NotImplementedError`, at import or at call,
+and the next one is tried. Calls happen at trace time, so the fall-through costs nothing inside
+`jax.jit`.
+
+Backends outside this package register themselves with `register_backend` when imported; the
+op imports the modules in `PLUGIN_MODULES` on first use, skipping those that are not installed.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
-# name -> module implementing it; imported lazily so that CPU installs never import GPU code.
-_BACKENDS = {
+# name -> module (or dotted path, imported on first use) implementing it.
+_BACKENDS: dict[str, Any] = {
     "reference": "vim_jax.ops.reference",
     "associative": "vim_jax.ops.associative",
-    "pallas": "pallas_kernels.selective_scan",
 }
 # Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scan is
 # faster (vim_tiny inference 1.07 s vs 3.87 s at batch 4; a small training step 1.2 s vs 1.8 s),
 # at the cost of autodiff memory: pick "associative" for long sequences on CPU.
 _PREFERENCE = {
-    "gpu": ("pallas", "associative", "reference"),
+    "gpu": ("associative", "reference"),
     "cpu": ("reference", "associative"),
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")
+# Kernel packages that call `register_backend` when imported (an absent one is skipped).
+PLUGIN_MODULES = ("pallas_kernels.selective_scan", "pallas_kernels.mosaic_scan")
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except (ImportError, NotImplementedError):
+            pass  # not installed, or cannot run here: its backend is simply not offered
 
 
 def list_backends() -> tuple[str, ...]:
     """Names accepted by the `backend` argument."""
+    _load_plugins()
     return tuple(_BACKENDS)
 
 
-def register_backend(name: str, module: str, platforms: Sequence[str] = ()) -> None:
-    """Registers `module` (a dotted path) as backend `name`, preferred first on `platforms`."""
+def register_backend(name: str, module: str | ModuleType | Any, platforms: Sequence[str] = ()) -> None:
+    """Registers `module` (a dotted path, a module or a backend object) as backend `name`,
+    preferred first on each of `platforms` (e.g. ``("gpu",)``); the last registered comes first."""
     _BACKENDS[name] = module
     for platform in platforms:
         _PREFERENCE[platform] = (name,) + tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
 
 
-def candidate_backends(backend: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """The backends `backend` stands for, in the order they are tried (None: this platform's)."""
+def candidate_backends(backend: Any = None) -> tuple:
+    """The backends `backend` stands for, in the order they are tried (None: this platform's):
+    names, and backend objects as given."""
+    _load_plugins()
     if backend is None:
         return _PREFERENCE.get(jax.default_backend(), _DEFAULT_PREFERENCE)
-    names = (backend,) if isinstance(backend, str) else tuple(backend)
-    unknown = [n for n in names if n not in _BACKENDS]
+    items = tuple(backend) if isinstance(backend, (tuple, list)) else (backend,)
+    unknown = [b for b in items if isinstance(b, str) and b not in _BACKENDS]
     if unknown:
         raise ValueError(f"unknown selective-scan backend(s) {unknown}; expected one of {list_backends()}")
-    return names
+    bad = [b for b in items if not isinstance(b, str) and not hasattr(b, "selective_scan")]
+    if bad:
+        raise TypeError(f"selective-scan backend objects need a selective_scan method, got {bad}")
+    return items
 
 
-def _load(name: str):
-    try:
-        module = importlib.import_module(_BACKENDS[name])
-    except ImportError as e:
-        raise NotImplementedError(f"backend {name!r} is not importable here: {e}") from e
-    if not hasattr(module, "selective_scan"):
-        raise NotImplementedError(f"backend {name!r} ({_BACKENDS[name]}) defines no selective_scan")
-    return module
+def _load(backend):
+    """The module or object behind `backend` (a name or a backend object)."""
+    if not isinstance(backend, str):
+        return backend
+    target = _BACKENDS[backend]
+    if isinstance(target, str):
+        try:
+            target = importlib.import_module(target)
+        except ImportError as e:
+            raise NotImplementedError(f"backend {backend!r} is not importable here: {e}") from e
+    if not hasattr(target, "selective_scan"):
+        raise NotImplementedError(f"backend {backend!r} ({target}) defines no selective_scan")
+    return target
 
 
 def _run(backend, entry: str, *args):
     """Calls `entry` of the first candidate backend that runs; raises if none does."""
     reasons = []
-    for name in candidate_backends(backend):
+    for candidate in candidate_backends(backend):
         try:
-            return getattr(_load(name), entry)(*args)
+            return getattr(_load(candidate), entry)(*args)
         except NotImplementedError as e:
-            reasons.append(f"{name}: {e}")
+            reasons.append(f"{candidate}: {e}")
     raise NotImplementedError("no selective-scan backend could run: " + "; ".join(reasons))
 
 
@@ -123,8 +158,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
       u, delta: `[batch, length, channels]`; z (optional gate): same shape.
       A: `[channels, state]` (negative for a decaying state). B, C: `[batch, length, state]`.
       D, delta_bias: optional `[channels]`.
-      backend: a name from `list_backends()`, a sequence of names tried in order, or None for the
-        fastest one that runs on this platform.
+      backend: a name from `list_backends()`, a backend object carrying its options, a sequence
+        of those tried in order, or None for the fastest one that runs on this platform.
 
     Returns:
       `[batch, length, channels]` in `u`'s dtype.

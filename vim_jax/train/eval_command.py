@@ -55,7 +55,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
             raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; pass --checkpoint PATH")
         params, rngs = checkpointer.restore_params(setup.abstract_state, step=step, ema=ema)
         checkpointer.close()
-    return evaluate(config, jit_eval_step(config, setup, mesh), params, rngs, batch_sharding(mesh))
+    return evaluate(config, jit_eval_step(config, setup, mesh), {"params": params}, rngs,
+                    batch_sharding(mesh))["params"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,9 +39,11 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradients became NaN/inf; the checkpoints on disk all predate it."""
 
 
-def evaluate(config: ml_collections.ConfigDict, eval_fn, params, rngs, batch_sharding) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 of ``params`` over the evaluation split (or its first
-    ``config.max_eval_batches`` batches)."""
+def evaluate(config: ml_collections.ConfigDict, eval_fn, param_sets: dict[str, dict], rngs,
+             batch_sharding) -> dict[str, dict[str, float]]:
+    """Mean loss, top-1 and top-5 of each named parameter set (e.g. the raw and the EMA weights)
+    over the evaluation split (or its first ``config.max_eval_batches`` batches), in one pass:
+    each batch is decoded once and scored by every set. ``eval_fn`` is :func:`jit_eval_step`'s."""
     batches = input_pipeline.make_iterator(config, config.dataset.eval_split, train=False)
     if config.max_eval_batches:
         batches.num_steps = min(batches.num_steps, config.max_eval_batches)
@@ -49,12 +51,12 @@ def evaluate(config: ml_collections.ConfigDict, eval_fn, params, rngs, batch_sha
     prefetcher = prefetch_to_device(batches, batch_sharding, config.prefetch_batches)
     try:
         for batch in prefetcher:
-            sums = eval_fn(params, rngs, batch)
+            sums = eval_fn(param_sets, rngs, batch)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     finally:
         prefetcher.close()
         batches.close()
-    return steps.summarize_eval(jax.device_get(totals))
+    return {name: steps.summarize_eval(sums) for name, sums in jax.device_get(totals).items()}
 
 
 def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh, steps_per_epoch: int):
@@ -70,12 +72,20 @@ def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSe
         out_shardings=(setup.state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
 
 
-def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh):
-    """``eval_step`` jitted for this config's data, model and mesh: (params, rngs, batch) -> replicated sums."""
+def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh,
+                  names: tuple[str, ...] = ("params",)):
+    """``eval_step`` jitted for this config's data, model and mesh over parameter sets named
+    ``names``: ({name: params}, rngs, batch) -> {name: replicated sums}."""
     shardings = setup.state_shardings
-    return jax.jit(functools.partial(steps.eval_step, graphdef=setup.eval_graphdef,
-                                     model_inputs=input_pipeline.model_inputs(config)),
-                   in_shardings=(shardings.params, shardings.rngs, mesh_lib.batch_sharding(mesh)),
+    model_inputs = input_pipeline.model_inputs(config)
+
+    def eval_sets(param_sets, rngs, batch):
+        return {name: steps.eval_step(params, rngs, batch, graphdef=setup.eval_graphdef,
+                                      model_inputs=model_inputs)
+                for name, params in param_sets.items()}
+
+    return jax.jit(eval_sets, in_shardings=({name: shardings.params for name in names}, shardings.rngs,
+                                            mesh_lib.batch_sharding(mesh)),
                    out_shardings=mesh_lib.replicated(mesh))
 
 
@@ -122,7 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     last_step = min(total_steps, config.stop_after_steps or total_steps)
 
     train_step = jit_train_step(config, setup, mesh, steps_per_epoch)
-    eval_fn = jit_eval_step(config, setup, mesh)
+    with_ema = bool(config.eval_ema) and state.ema_params is not None
+    eval_fn = jit_eval_step(config, setup, mesh, ("params", "ema") if with_ema else ("params",))
 
     writer = MetricsWriter(workdir, start_step=start_step, total_steps=total_steps, active=is_main,
                            tensorboard=config.tensorboard, progress_bar=config.progress_bar)
@@ -134,10 +145,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                    f"selective-scan backends tried in order: {ops.candidate_backends(config.model.get('scan_backend'))}")
 
     def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(config, eval_fn, state.params, state.rngs, batch_sharding)
-        if config.eval_ema and state.ema_params is not None:
-            ema = evaluate(config, eval_fn, state.ema_params, state.rngs, batch_sharding)
-            result.update({f"ema_{k}": v for k, v in ema.items() if k != "count"})
+        param_sets = {"params": state.params, "ema": state.ema_params} if with_ema else {"params": state.params}
+        results = evaluate(config, eval_fn, param_sets, state.rngs, batch_sharding)
+        result = results["params"]
+        if with_ema:
+            result.update({f"ema_{k}": v for k, v in results["ema"].items() if k != "count"})
         writer.write(step, {f"eval/{k}": v for k, v in result.items()})
         writer.message(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "count"))
         return result

@@ -37,15 +37,17 @@ def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
-    """The static half of training: model structure, optimizer, shardings.
+    """The static half of training: model structure, optimizer, shardings, and the traced
+    initialisation they were read from.
 
     Attributes:
       train_graphdef / eval_graphdef: the model's structure with dropout/drop path on / off.
-      abstract_model: the model with shapes only (what checkpoint loaders fill).
+      abstract_model: the model with shapes only (what checkpoint loaders fill), in eval mode.
       tx: the optimizer's update direction (see ``optim.make_optimizer``).
       state_shardings: a :class:`TrainState` of NamedShardings.
       abstract_state: a :class:`TrainState` of ShapeDtypeStructs carrying those shardings.
       decay_mask: which parameters get weight decay.
+      initialisation: the traced (not yet compiled) function creating a fresh state.
     """
 
     train_graphdef: nnx.GraphDef
@@ -55,49 +57,70 @@ class ModelSetup:
     state_shardings: Any
     abstract_state: Any
     decay_mask: dict
+    initialisation: Any
 
 
-def _fresh_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
-    """Step 0: new parameters, zero Adam moments, EMA = parameters, the model's fresh RNG streams."""
-    model = create_model(config)
-    _, params, rngs = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params if config.ema_decay else None, rngs=nnx.to_pure_dict(rngs))
+def _shapes_of(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
 
 
 def model_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> ModelSetup:
-    """Everything about the model and its optimizer that does not depend on parameter values."""
-    abstract_model = nnx.eval_shape(lambda: create_model(config))
-    abstract_model.train()
-    train_graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
-    abstract_model.eval()
-    eval_graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+    """Everything about the model and its optimizer that does not depend on parameter values.
 
+    The model is traced once, in its initialisation (``jax.jit(...).trace()``): the structure,
+    logical axes, shardings and optimizer are read off that trace while it runs, the state's
+    shapes are its outputs, and :func:`init_state` compiles the same trace; a resumed run never
+    compiles it. The outputs are constrained to the state's shardings, so each device
+    materialises only its shard.
+    """
     rules = tuple(tuple(rule) for rule in config.sharding_rules)
-    param_shardings = mesh_lib.state_shardings(abstract_params, mesh, rules)
-    decay_mask = optim.weight_decay_mask(nnx.to_pure_dict(abstract_params), mesh_lib.logical_axes_of(abstract_params),
-                                         decay_A_log=config.optim.decay_A_log)
-    tx = optim.make_optimizer(config.optim, decay_mask)
-
-    abstract = jax.eval_shape(lambda: _fresh_state(config, tx))
     replicated = mesh_lib.replicated(mesh)
-    shardings = TrainState(
-        step=replicated,
-        params=param_shardings,
-        # Adam's moments are laid out like the parameters; counters are replicated.
-        opt_state=optax.tree_map_params(tx, lambda _, sharding: sharding, abstract.opt_state, param_shardings,
-                                        transform_non_params=lambda _: replicated,
-                                        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)),
-        ema_params=param_shardings if config.ema_decay else None,
-        rngs=jax.tree.map(lambda _: replicated, abstract.rngs))
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return ModelSetup(train_graphdef, eval_graphdef, abstract_model, tx, shardings, abstract_state, decay_mask)
+    found: dict[str, Any] = {}  # static facts read during the trace (no traced values leave it)
+
+    def fresh_state() -> TrainState:
+        """Step 0: new parameters, zero Adam moments, EMA = parameters, the model's fresh RNG streams."""
+        model = create_model(config)
+        model.train()
+        train_graphdef, params, rngs = nnx.split(model, nnx.Param, ...)
+        model.eval()
+        eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+        graphdef, variables = nnx.split(model)
+        param_shardings = mesh_lib.state_shardings(params, mesh, rules)
+        decay_mask = optim.weight_decay_mask(nnx.to_pure_dict(_shapes_of(params)), mesh_lib.logical_axes_of(params),
+                                             decay_A_log=config.optim.decay_A_log)
+        tx = optim.make_optimizer(config.optim, decay_mask)
+        params = nnx.to_pure_dict(params)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                           ema_params=params if config.ema_decay else None, rngs=nnx.to_pure_dict(rngs))
+        shardings = TrainState(
+            step=replicated,
+            params=param_shardings,
+            # Adam's moments are laid out like the parameters; counters are replicated.
+            opt_state=optax.tree_map_params(tx, lambda _, sharding: sharding, state.opt_state, param_shardings,
+                                            transform_non_params=lambda _: replicated,
+                                            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)),
+            ema_params=param_shardings if config.ema_decay else None,
+            rngs=jax.tree.map(lambda _: replicated, state.rngs))
+        found.update(train_graphdef=train_graphdef, eval_graphdef=eval_graphdef, decay_mask=decay_mask, tx=tx,
+                     shardings=shardings, abstract_model=(graphdef, _shapes_of(variables)))
+        return jax.lax.with_sharding_constraint(state, shardings)
+
+    initialisation = jax.jit(fresh_state).trace()
+    shardings = found["shardings"]
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  initialisation.out_info, shardings)
+    abstract_model = nnx.merge(*found["abstract_model"])
+    return ModelSetup(found["train_graphdef"], found["eval_graphdef"], abstract_model, found["tx"], shardings,
+                      abstract_state, found["decay_mask"], initialisation)
 
 
 def init_state(config: ml_collections.ConfigDict, setup: ModelSetup) -> TrainState:
-    """A freshly initialised state, created shard by shard on the devices."""
-    return jax.jit(lambda: _fresh_state(config, setup.tx), out_shardings=setup.state_shardings)()
+    """A freshly initialised state, created shard by shard on the devices (``config`` is the one
+    ``setup`` was made from: its traced initialisation already holds it)."""
+    del config
+    state = setup.initialisation.lower().compile()()
+    # A no-op where the compiled outputs already carry the constrained shardings.
+    return jax.device_put(state, setup.state_shardings)
 
 
 def put_global(tree, shardings):

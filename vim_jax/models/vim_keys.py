@@ -1,4 +1,4 @@
-"""The key table between official Vim state dicts and vim_jax parameters, both directions.
+"""The key table between official Vim state dicts and vim_jax parameters (`VIM_KEYS`).
 
 Official layouts are PyTorch's (Conv2d `[out, in, kh, kw]`, Linear `[out, in]`, depthwise Conv1d
 `[E, 1, K]`); ours are channels-last (`[kh, kw, in, out]`, `[in, out]`, `[K, E]`) with the 24
@@ -7,24 +7,12 @@ blocks stacked on a leading axis and the two directions on the next one (`""` ->
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+import re
 
 import numpy as np
 
 from vim_jax.config import VimConfig
-
-Path = tuple  # a path into the nested parameter dict, optionally ending in integer indices
-
-
-@dataclasses.dataclass(frozen=True)
-class KeyRule:
-    official: str
-    path: Path  # (name, name, ..., layer, direction): integer suffixes index stacked arrays
-    to_ours: Callable[[np.ndarray], np.ndarray]
-    to_official: Callable[[np.ndarray], np.ndarray]
-    official_shape: tuple[int, ...]
-
+from vim_jax.models.checkpoint_keys import COMMON_RUNTIME_FIELDS, CheckpointKeys, KeyRule
 
 def _same(x):
     return x
@@ -86,38 +74,26 @@ def official_rules(cfg: VimConfig) -> list[KeyRule]:
     return rules
 
 
-def _split_path(path: Path):
-    names = tuple(x for x in path if isinstance(x, str))
-    return names, tuple(x for x in path if not isinstance(x, str))
+def describe_official(got: dict) -> str:
+    """What an official state dict (key -> shape) that does not fit looks like."""
+    layers = [int(m.group(1)) for k in got if (m := re.match(r"layers\.(\d+)\.mixer\.", k))]
+    if not layers:
+        return "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
+    facts = [f"depth={max(layers) + 1}"]
+    patch = got.get("patch_embed.proj.weight")
+    if isinstance(patch, tuple) and len(patch) == 4:
+        facts = [f"embed_dim={patch[0]}", f"patch_size={patch[2]}"] + facts
+    head = got.get("head.weight")
+    if isinstance(head, tuple) and head:
+        facts.append(f"num_classes={head[0]}")
+    return "the checkpoint looks like a Vim with " + ", ".join(facts)
 
 
-def official_to_ours(state_dict: dict[str, np.ndarray], cfg: VimConfig, shapes: dict) -> dict:
-    """Fills a nested dict of arrays with the `shapes` of our parameter tree (nested dict of
-    shape tuples) from a complete, shape-checked official state dict."""
-    out = {}
-    for rule in official_rules(cfg):
-        names, index = _split_path(rule.path)
-        node, shape_node = out, shapes
-        for name in names[:-1]:
-            node, shape_node = node.setdefault(name, {}), shape_node[name]
-        if names[-1] not in node:
-            node[names[-1]] = np.zeros(shape_node[names[-1]], np.float32)
-        value = rule.to_ours(np.asarray(state_dict[rule.official], np.float32))
-        if index:
-            node[names[-1]][index] = value
-        else:
-            node[names[-1]] = np.array(value, np.float32)
-    return out
-
-
-def ours_to_official(params: dict, cfg: VimConfig) -> dict[str, np.ndarray]:
-    """Our nested parameter dict -> an official state dict (numpy float32)."""
-    out = {}
-    for rule in official_rules(cfg):
-        names, index = _split_path(rule.path)
-        node = params
-        for name in names:
-            node = node[name]
-        value = np.asarray(node, np.float32)[index] if index else np.asarray(node, np.float32)
-        out[rule.official] = np.ascontiguousarray(rule.to_official(value))
-    return out
+VIM_KEYS = CheckpointKeys(
+    runtime_fields=COMMON_RUNTIME_FIELDS | {"scan_backend", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
+                                            "fix_backward_dt_init"},
+    cls_layout=lambda cfg: cfg.cls_token,
+    describe=lambda cfg: f"bimamba={cfg.bimamba!r}",
+    official_rules=official_rules,
+    describe_official=describe_official,
+)
