@@ -20,6 +20,10 @@ class TestAssociative(SelectiveScanTestBase):
     backend = "associative"
 
 
+class TestSequential(SelectiveScanTestBase):
+    backend = "sequential"
+
+
 def numpy_scan(u, delta, A, B, C, D, z, delta_bias, reverse=False):
     """The recurrence written out token by token in float64 numpy: an oracle for the oracle."""
     delta = np.logaddexp(0.0, delta + delta_bias)
