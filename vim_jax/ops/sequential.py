@@ -29,24 +29,25 @@ from vim_jax.ops import scan_math
 DEFAULT_CHUNK = 8
 
 
-def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    """See `vim_jax.ops.selective_scan`; all arguments are given (optional ones may be None)."""
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk=DEFAULT_CHUNK):
+    """See `vim_jax.ops.selective_scan`; `chunk` is the number of tokens per saved state."""
     stack = lambda x: None if x is None else x[None]
     y = _directions(stack(u), stack(delta), A[None], stack(B), stack(C), stack(delta_bias),
-                    delta_softplus, (reverse,))[0]
+                    delta_softplus, (reverse,), chunk)[0]
     return scan_math.skip_and_gate(y, u.astype(y.dtype), D, z).astype(u.dtype)
 
 
-def selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale):
+def selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale,
+                                 chunk=DEFAULT_CHUNK):
     """See `vim_jax.ops.selective_scan_bidirectional`: both directions in one loop."""
-    y = _directions(u, delta, A, B, C, delta_bias, delta_softplus, (False, True))
+    y = _directions(u, delta, A, B, C, delta_bias, delta_softplus, (False, True), chunk)
     if D is not None:
         y = y + D.astype(y.dtype)[:, None, None, :] * u.astype(y.dtype)
     y = (y[0] + y[1]) * out_scale
     return scan_math.skip_and_gate(y, u, None, z).astype(u.dtype)
 
 
-def _directions(u, delta, A, B, C, delta_bias, delta_softplus, reverse, chunk=DEFAULT_CHUNK):
+def _directions(u, delta, A, B, C, delta_bias, delta_softplus, reverse, chunk):
     """`C_t . h_t` (no skip, no gate) for `K` stacked scans: `u, delta: [K, b, L, E]`, `A: [K, E, N]`,
     `B, C: [K, b, L, N]`, `delta_bias: [K, E]` or None, `reverse`: K bools -> `[K, b, L, E]`."""
     dtype = scan_math.compute_dtype(u, delta, A, B, C)
