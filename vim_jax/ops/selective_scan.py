@@ -24,8 +24,8 @@ _BACKENDS = {
 }
 # Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scans are
 # faster than the associative one (vim_tiny inference 1.07 s vs 3.87 s at batch 4), and the one
-# with the hand-written VJP trains faster than the reference (README's CPU model: 2.5x on the
-# scan's gradient, 1.6x on the training step; experiments/results/fashion_mnist_cpu.md).
+# with the hand-written VJP trains faster than the reference (README's CPU model: 2.4x on the
+# scan's gradient, 1.3-1.6x on the gradient of the loss; experiments/results/fashion_mnist_cpu.md).
 _PREFERENCE = {
     "gpu": ("pallas", "associative", "reference"),
     "cpu": ("sequential", "reference", "associative"),
