@@ -4,17 +4,19 @@ The same token-by-token `lax.scan` as the reference, arranged for a CPU:
 
 - The backward pass is written out instead of being derived by autodiff. Autodiff of the
   reference's loop saves several `[batch, channels, state]` residuals per token and, when the
-  scan sits inside the model's scan over blocks, accumulates and copies them again; here the
-  forward pass saves one state per token (the state *entering* the token) and the backward pass
-  is one reverse loop that runs the adjoint recurrence `lam_t = C_t dy_t + a_{t+1} lam_{t+1}`
-  and recomputes `a_t = exp(delta_t A)` from `delta_t` (one exponential per element and pass).
+  scan sits inside the model's scan over blocks, zero-fills and copies them again; here the
+  forward pass saves the state entering every chunk of `chunk` tokens, and the backward pass
+  walks the chunks in reverse: it recomputes a chunk's states from its saved one, then runs the
+  adjoint recurrence `lam_t = C_t dy_t + a_{t+1} lam_{t+1}` token by token, recomputing
+  `a_t = exp(delta_t A)` from `delta_t`.
 - Tokens are the leading (time-major) axis, so every loop step reads and writes contiguous
   slices.
 - Both directions of the bidirectional scan run in the same loop (the backward direction's
   inputs are flipped along the tokens, which for `[batch, length, channels]` inputs is cheap),
   which halves the number of loop steps and doubles the work per step.
 
-Memory is that of the reference's autodiff or less: one float32 state per token and direction.
+Saved for the backward pass: one float32 state per chunk and direction, against several per token
+for the reference's autodiff.
 """
 
 from __future__ import annotations
