@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.ops.scan_test_base import SelectiveScanTestBase, oracle, random_scan_inputs, rel_err
-from vim_jax.ops import associative, list_backends, selective_scan
+from vim_jax.ops import associative, list_backends, selective_scan, sequential
 
 
 class TestReference(SelectiveScanTestBase):
@@ -18,6 +18,10 @@ class TestReference(SelectiveScanTestBase):
 
 class TestAssociative(SelectiveScanTestBase):
     backend = "associative"
+
+
+class TestSequential(SelectiveScanTestBase):
+    backend = "sequential"
 
 
 def numpy_scan(u, delta, A, B, C, D, z, delta_bias, reverse=False):
@@ -54,6 +58,23 @@ def test_associative_chunk_sizes_agree(chunk, monkeypatch):
     assert rel_err(out, ref) < 1e-12
     for k in grads:
         assert rel_err(grads[k], ref_g[k]) < 1e-12
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+def test_sequential_chunk_sizes_agree(chunk):
+    """A state saved every token, every few tokens (the last chunk padded), or only the first."""
+    inputs = random_scan_inputs(14, 2, 45, 7, 5)
+    ref, ref_g = oracle(inputs, True, wrt=("u", "delta", "A", "B", "C"))
+    with jax.enable_x64(True):
+        args = {k: jnp.asarray(v) for k, v in inputs.items()}
+        order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+        f = lambda d: sequential.selective_scan(*({**args, **d}[k] for k in order), True, True, chunk=chunk)
+        out = f({})
+        cot = np.random.default_rng(123).standard_normal(out.shape)
+        grads = jax.grad(lambda d: jnp.sum(f(d) * cot))({k: args[k] for k in ref_g})
+    assert rel_err(out, ref) < 1e-12
+    for k in grads:
+        assert rel_err(grads[k], ref_g[k]) < 1e-12, k
 
 
 def test_backend_none_runs_and_matches():

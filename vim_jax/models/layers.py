@@ -84,9 +84,8 @@ def depthwise_conv1d(x, kernel, bias, reverse):
 
     One direction: `x: [b, l, c]`, `kernel: [K, c]`, `bias: [c]`, `reverse` a bool -> `[b, l, c]`.
     Several at once: `kernel: [k, K, c]`, `bias: [k, c]`, `reverse` k bools -> `[k, b, l, c]`,
-    written as one stacked array (what the fused bidirectional scan reads) without a separate
-    stacking pass. The anti-causal conv equals the causal one run on the token-reversed sequence
-    and reversed back, without the two flips.
+    stacked (what the fused bidirectional scan reads). The anti-causal conv equals the causal one
+    run on the token-reversed sequence and reversed back, without the two flips.
     """
     single = isinstance(reverse, bool)
     if single:
@@ -100,9 +99,12 @@ def depthwise_conv1d(x, kernel, bias, reverse):
                             else jnp.pad(k, ((left - width + 1, right), (0, 0)))
                             for k, rev in zip(kernel, reverse)]).astype(x.dtype)  # [k, left+right+1, c]
     xp = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
-    y = bias.astype(x.dtype)[:, None, None, :]
-    for i in range(left + right + 1):
-        y = y + per_offset[:, i, None, None, :] * jax.lax.dynamic_slice_in_dim(xp, i, length, axis=1)[None]
+    shifted = [jax.lax.slice_in_dim(xp, i, i + length, axis=1) for i in range(left + right + 1)]
+    # One sum of shifted copies per direction, not one product broadcast over the directions:
+    # the broadcast form's gradient is a reduction over the directions, which XLA's CPU backend
+    # ran 6x slower than this form's gradient (b128, 17 tokens, 192 channels, two directions).
+    y = jnp.stack([bias[k].astype(x.dtype) + sum(per_offset[k, i] * s for i, s in enumerate(shifted))
+                   for k in range(len(reverse))])
     return y[0] if single else y
 
 

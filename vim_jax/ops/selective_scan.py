@@ -28,13 +28,15 @@ import jax.numpy as jnp
 _BACKENDS: dict[str, Any] = {
     "reference": "vim_jax.ops.reference",
     "associative": "vim_jax.ops.associative",
+    "sequential": "vim_jax.ops.sequential",
 }
-# Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scan is
-# faster (vim_tiny inference 1.07 s vs 3.87 s at batch 4; a small training step 1.2 s vs 1.8 s),
-# at the cost of autodiff memory: pick "associative" for long sequences on CPU.
+# Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scans are
+# faster than the associative one (vim_tiny inference 1.07 s vs 3.87 s at batch 4), and the one
+# with the hand-written VJP trains faster than the reference (README's CPU model: 2.4x on the
+# scan's gradient, 1.3-1.6x on the gradient of the loss; experiments/results/fashion_mnist_cpu.md).
 _PREFERENCE = {
     "gpu": ("associative", "reference"),
-    "cpu": ("reference", "associative"),
+    "cpu": ("sequential", "reference", "associative"),
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")
 # Kernel packages that call `register_backend` when imported (an absent one is skipped).
