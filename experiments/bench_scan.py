@@ -83,22 +83,17 @@ def is_kernel(backend):
 
 
 def mosaic_variant(backend):
-    """MosaicScanConfig of a backend named 'mosaic:key=value:key=value', else None."""
+    """The MosaicScan backend of a name 'mosaic:key=value:key=value', else None."""
     name, _, spec = backend.partition(":")
     if name != "mosaic" or not spec:
         return None
     kv = dict(item.split("=") for item in spec.split(":"))
-    return mss.MosaicScanConfig(**{k: (v.lower() == "true") if v.lower() in ("true", "false") else int(v)
-                                   for k, v in kv.items()})
+    return mss.MosaicScan(mss.MosaicScanConfig(**{k: (v.lower() == "true") if v.lower() in ("true", "false")
+                                                  else int(v) for k, v in kv.items()}))
 
 
 def scan_fn(backend, bidir, reverse=False):
-    cfg = mosaic_variant(backend)
-    if cfg is not None:
-        names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-        if bidir:
-            return lambda a: mss.selective_scan_bidirectional(*(a[k] for k in names), True, 0.5, config=cfg)
-        return lambda a: mss.selective_scan(*(a[k] for k in names), True, reverse, config=cfg)
+    backend = mosaic_variant(backend) or backend
     if bidir:
         return lambda a: selective_scan_bidirectional(**a, out_scale=0.5, backend=backend)
     return lambda a: selective_scan(**a, reverse=reverse, backend=backend)

@@ -14,18 +14,15 @@ import jax.numpy as jnp
 import pytest
 
 import pallas_kernels.mosaic_scan as ms
-from pallas_kernels.mosaic_scan import availability
 from tests.ops.scan_test_base import SelectiveScanTestBase, oracle, random_scan_inputs, rel_err
 from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 
-@pytest.fixture(autouse=True)
-def interpret(monkeypatch):
-    monkeypatch.setenv(availability.INTERPRET_ENV, "1")
+INTERPRETED = ms.MosaicScan(interpret=True)
 
 
 class TestMosaic(SelectiveScanTestBase):
-    backend = "mosaic"
+    backend = INTERPRETED
     # Interpreting costs seconds per call: a few tiles of 16 tokens, 1 or 2 CTAs of 128 channels.
     shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
 
@@ -40,15 +37,15 @@ def test_ring_sizes_give_the_same_scan(tile, stages, reverse):
     inputs = random_scan_inputs(80, 1, 9, 7, 4)
     ref, _ = oracle(inputs, reverse)
     a = _f32(inputs)
-    out = ms.selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"],
-                            True, reverse, config=ms.MosaicScanConfig(tile=tile, stages=stages))
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=tile, stages=stages), interpret=True)
+    out = selective_scan(**a, reverse=reverse, backend=backend)
     assert rel_err(out, ref) < 1e-5
 
 
 def test_single_token():
     inputs = random_scan_inputs(81, 1, 1, 6, 2, lead=(2,))
     ref, _ = oracle(inputs, bidirectional=True)
-    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend="mosaic"), ref) < 1e-5
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=INTERPRETED), ref) < 1e-5
 
 
 def test_long_bidirectional_runs_as_two_launches(monkeypatch):
@@ -59,11 +56,10 @@ def test_long_bidirectional_runs_as_two_launches(monkeypatch):
     monkeypatch.setattr(forward, "SMEM_BYTES", 0)
     inputs = random_scan_inputs(82, 1, 11, 3, 2, lead=(2,))
     ref, _ = oracle(inputs, bidirectional=True)
-    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend="mosaic"), ref) < 1e-5
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=INTERPRETED), ref) < 1e-5
 
 
-def test_not_runnable_without_hopper_or_interpret(monkeypatch):
-    monkeypatch.setenv(availability.INTERPRET_ENV, "0")
+def test_not_runnable_without_hopper_or_interpret():
     inputs = _f32(random_scan_inputs(83, 1, 9, 3, 2))
     if jax.default_backend() != "gpu":
         with pytest.raises(NotImplementedError, match="Hopper"):
@@ -75,13 +71,22 @@ def test_float64_falls_through():
     with jax.enable_x64(True):
         inputs = {k: jnp.asarray(v) for k, v in random_scan_inputs(84, 1, 9, 3, 2).items()}
         with pytest.raises(NotImplementedError, match="float32 and bfloat16"):
-            selective_scan(**inputs, backend="mosaic")
-        assert selective_scan(**inputs, backend=("mosaic", "reference")).dtype == jnp.float64
+            selective_scan(**inputs, backend=INTERPRETED)
+        assert selective_scan(**inputs, backend=(INTERPRETED, "reference")).dtype == jnp.float64
 
 
-def test_not_a_default_backend():
-    """Registered by name only, until a benchmark shows it faster (pallas_kernels/NOTES.md)."""
-    from vim_jax.ops.selective_scan import candidate_backends, list_backends
+def test_preferred_first_on_gpus_only():
+    """Registered on import, first on GPUs (its forward is the fastest measured there; off Hopper
+    it raises and the next GPU backend runs), and never tried on CPUs."""
+    from vim_jax.ops.selective_scan import _PREFERENCE, list_backends
 
     assert "mosaic" in list_backends()
-    assert "mosaic" not in candidate_backends(None)
+    assert _PREFERENCE["gpu"][0] == "mosaic"
+    assert "mosaic" not in _PREFERENCE["cpu"]
+
+
+def test_options_are_fields_of_a_hashable_backend():
+    a = ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True)
+    assert a == ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True) and hash(a) == hash(
+        ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True))
+    assert a != ms.MosaicScan(ms.MosaicScanConfig(tile=8), interpret=True)
