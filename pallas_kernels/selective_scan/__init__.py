@@ -23,4 +23,5 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     interpret = api.check_runnable(u, delta, A, B, C, D, z, delta_bias)
     add = lambda x: None if x is None else x[None]
     return api.run(add(u), add(delta), add(A), add(B), add(C), add(D), z, add(delta_bias),
-                   delta_softplus, (bool(reverse),), 1.0, interpret)
+                   delta_softplus, (bool(reverse),), 1.0, interpret,
+                   config=api.config_override())

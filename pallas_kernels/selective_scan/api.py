@@ -34,6 +34,11 @@ def set_config(config: ScanConfig | None) -> None:
     _config_override = config
 
 
+def config_override() -> ScanConfig | None:
+    """The tiling `set_config` forced, or None."""
+    return _config_override
+
+
 def check_runnable(*arrays) -> bool:
     """Raises NotImplementedError unless the kernels can run here; returns the interpret flag."""
     interpret = interpret_enabled()
@@ -51,8 +56,12 @@ def check_runnable(*arrays) -> bool:
     return interpret
 
 
-def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revs, scale, interpret):
-    """Direction-stacked inputs (leading axis len(revs)) -> out [batch, length, channels]."""
+def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revs, scale, interpret, *,
+        config: ScanConfig | None = None, kernels: vjp.Kernels = vjp.PALLAS, name: str = "pallas"):
+    """Direction-stacked inputs (leading axis len(revs)) -> out [batch, length, channels].
+
+    config: the tiling (None: the per-shape default); kernels: the launchers
+    (the Pallas ones, or another backend's with the same layouts); name: for error messages."""
     ndir = len(revs)
     channels = u.shape[-1]
     if D is None:
@@ -63,10 +72,10 @@ def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revs, scale, interp
     if not has_z:
         z = jnp.zeros((1,), u.dtype)  # placeholder: the kernels never read it
     batch, length = u.shape[1:3]
-    cfg = default_config(batch, length, channels, _config_override)
+    cfg = default_config(batch, length, channels, config)
     for c in (cfg, cfg.backward()):
         if Geometry(batch, length, channels, A.shape[-1], c).max_elements(ndir) >= 2**31:
-            raise NotImplementedError("pallas selective scan: arrays too large for int32 offsets")
+            raise NotImplementedError(f"{name} selective scan: arrays too large for int32 offsets")
     static = vjp.Static(revs=tuple(revs), delta_softplus=bool(delta_softplus), scale=float(scale),
-                        has_z=has_z, cfg=cfg, interpret=interpret)
+                        has_z=has_z, cfg=cfg, interpret=interpret, kernels=kernels)
     return vjp.scan(u, delta, A, B, C, D, z, delta_bias, static)

@@ -15,4 +15,5 @@ def selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias, delta_soft
     """See `vim_jax.ops.selective_scan_bidirectional`; inputs but z carry a leading axis of 2."""
     interpret = api.check_runnable(u, delta, A, B, C, D, z, delta_bias)
     return api.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, (False, True),
-                   float(out_scale), interpret)
+                   float(out_scale), interpret,
+                   config=api.config_override())

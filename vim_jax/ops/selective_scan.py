@@ -20,12 +20,14 @@ _BACKENDS = {
     "reference": "vim_jax.ops.reference",
     "associative": "vim_jax.ops.associative",
     "pallas": "pallas_kernels.selective_scan",
+    "triton": "pallas_kernels.triton_scan",
 }
 # Fastest first, per platform; `backend=None` walks this list. On CPU the sequential scan is
 # faster (vim_tiny inference 1.07 s vs 3.87 s at batch 4; a small training step 1.2 s vs 1.8 s),
 # at the cost of autodiff memory: pick "associative" for long sequences on CPU.
 _PREFERENCE = {
-    "gpu": ("pallas", "associative", "reference"),
+    # "triton": the same kernels on jax-triton, for when Pallas' Triton lowering is gone.
+    "gpu": ("pallas", "triton", "associative", "reference"),
     "cpu": ("reference", "associative"),
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")

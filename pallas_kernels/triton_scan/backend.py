@@ -1,0 +1,63 @@
+"""Backend "triton" of `vim_jax.ops.selective_scan`: its options, availability checks and entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.selective_scan import api, vjp
+from pallas_kernels.selective_scan.tiling import ScanConfig
+from pallas_kernels.triton_scan import launchers
+
+KERNELS = vjp.Kernels(launchers.scan_forward, launchers.segment_summary, launchers.scan_backward,
+                      launchers.adjoint_summary)
+_SUPPORTED = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonScan:
+    """The Triton selective scan with its options as fields (hashable, so usable as a static
+    argument of a jitted function).
+
+    config: the tiling (`ScanConfig`, shared with the Pallas backend); None picks one per shape.
+    interpret: run the kernels in Triton's interpreter on the host (any platform; slow): the CPU
+      test of the kernel bodies.
+    """
+
+    config: ScanConfig | None = None
+    interpret: bool = False
+
+    def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        """See `vim_jax.ops.selective_scan`."""
+        self.check_runnable(u, delta, A, B, C, D, z, delta_bias)
+        add = lambda x: None if x is None else x[None]
+        return api.run(add(u), add(delta), add(A), add(B), add(C), add(D), z, add(delta_bias), delta_softplus,
+                       (bool(reverse),), 1.0, self.interpret, config=self.config, kernels=KERNELS,
+                       name="triton")
+
+    def selective_scan_bidirectional(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_scale):
+        """See `vim_jax.ops.selective_scan_bidirectional`: both directions fused in one launch, as
+        the Pallas backend does (its `bidirectional.py` explains how)."""
+        self.check_runnable(u, delta, A, B, C, D, z, delta_bias)
+        return api.run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, (False, True), float(out_scale),
+                       self.interpret, config=self.config, kernels=KERNELS, name="triton")
+
+    def check_runnable(self, *arrays) -> None:
+        """Raises NotImplementedError unless the kernels can run here (so the op falls through)."""
+        if not self.interpret:
+            try:
+                import jax_triton  # noqa: F401
+                import triton  # noqa: F401
+            except ImportError as e:
+                raise NotImplementedError(f"triton selective scan needs jax-triton and triton: {e}") from e
+            if jax.default_backend() != "gpu":
+                raise NotImplementedError(
+                    f"triton selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r})")
+            version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+            if "rocm" in version or "hip" in version:
+                raise NotImplementedError("triton selective scan emits PTX: CUDA GPUs only")
+        for x in arrays:
+            if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
+                raise NotImplementedError(f"triton selective scan supports float32 and bfloat16, got {x.dtype}")
