@@ -4,13 +4,15 @@
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_scan.py --out experiments/results
 
 (about 5 minutes on an H100, most of it compiling: Triton's coalescing pass takes ~10 s per
-backward kernel.) Checks every backend (reference, associative, pallas) and the fused bidirectional scan against
+backward kernel.) Checks every backend (reference, associative, pallas, triton) and the fused bidirectional scan against
 the sequential reference run in float64 on the GPU (`jax.enable_x64`), values and the gradients
 of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
 first so that an output element no kernel wrote shows up. Then times forward and forward +
 backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes of
 /work/shared/anchors.md with bf16 activations and float32 A, D, delta_bias: median over repeats
 of `inner` back-to-back calls closed by `jax.block_until_ready`, rotating three input sets.
+The kernel backends (pallas, and triton: the same kernels on jax-triton, `--backends
+pallas,triton`) are checked at awkward shapes too and timed side by side at each shape.
 `--sweep` adds pallas tiling variants. Writes bench_scan_<device>.json / .md under --out after
 every measurement, so a run cut short keeps what it measured.
 """
@@ -51,6 +53,10 @@ TARGET = {(128, 197, 768, 16): (0.15, 0.6), (128, 197, 384, 16): (0.08, 0.3),
           (8, 6085, 384, 16): (0.15, 0.6)}
 EXP_RATE = 4.2e12  # exponentials per second on an H100's special-function units (anchors.md)
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+KERNEL_BACKENDS = ("pallas", "triton")
+# float32 checks of the kernel backends: Vim-S-like, long with segments, and an awkward one (odd
+# length, channels not a multiple of any block, a state that is not a power of two).
+F32_CHECK_SHAPES = [(4, 197, 768, 16), (2, 2500, 192, 16), (3, 77, 200, 13)]
 ACTIVATIONS = ("u", "delta", "B", "C", "z")
 
 
@@ -190,6 +196,7 @@ def main():
                          "in float32 at two small shapes, the other backends at the first shape; "
                          "full: every backend and direction everywhere (about twice as long)")
     ap.add_argument("--backends", default="pallas,associative,reference")
+    ap.add_argument("--skip-timings", action="store_true", help="the checks only")
     ap.add_argument("--shapes", default="0,1,2")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
     ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
@@ -200,6 +207,7 @@ def main():
     meta = dict(device=dev.device_kind, platform=dev.platform,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 jax=jax.__version__, jaxlib=jaxlib.__version__, python=sys.version.split()[0],
+                triton=_version("triton"), jax_triton=_version("jax_triton"),
                 command="PYTHONUNBUFFERED=1 PYTHONPATH=. python3 " + " ".join(sys.argv))
     print(meta, flush=True)
     bw = bandwidth()
@@ -223,20 +231,23 @@ def main():
         ref_cache = {}
         plan = []
         check_shapes = shapes if args.checks == "full" else [shapes[0], shapes[-1]]
+        kernel_backends = [b for b in backends if b in KERNEL_BACKENDS]
         for i, shape in enumerate(check_shapes):
-            if "pallas" in backends:
-                plan += [("pallas", shape, False, False, jnp.bfloat16), ("pallas", shape, True, False, jnp.bfloat16)]
+            for b in kernel_backends:
+                plan += [(b, shape, False, False, jnp.bfloat16), (b, shape, True, False, jnp.bfloat16)]
             if args.checks == "full" or i == 0:
-                plan += [(b, shape, False, False, jnp.bfloat16) for b in backends if b not in ("reference", "pallas")]
-        f32_shapes = [(4, 197, 768, 16), (2, 2500, 192, 16)]
+                plan += [(b, shape, False, False, jnp.bfloat16) for b in backends
+                         if b != "reference" and b not in KERNEL_BACKENDS]
+        f32_shapes = F32_CHECK_SHAPES
         if args.check_shapes_json:
             f32_shapes = [tuple(s) for s in json.loads(args.check_shapes_json)]
-        for i, shape in enumerate(f32_shapes if "pallas" in backends else []):  # float32: the kernels' own precision
-            if args.checks == "full":
-                plan += [("pallas", shape, False, False, jnp.float32), ("pallas", shape, False, True, jnp.float32),
-                         ("pallas", shape, True, False, jnp.float32)]
-            else:  # one direction scanning in reverse at the first, both fused at the second
-                plan += [("pallas", shape, i == 1, i == 0, jnp.float32)]
+        for i, shape in enumerate(f32_shapes):  # float32: the kernels' own precision
+            for b in kernel_backends:
+                if args.checks == "full" or i == 2:
+                    plan += [(b, shape, False, False, jnp.float32), (b, shape, False, True, jnp.float32),
+                             (b, shape, True, False, jnp.float32)]
+                else:  # one direction scanning in reverse at the first, both fused at the second
+                    plan += [(b, shape, i == 1, i == 0, jnp.float32)]
         for i, (b, shape, bidir, rev, dt) in enumerate(plan):
             t0 = time.perf_counter()
             try:
@@ -254,10 +265,12 @@ def main():
             print(f"check {b:11s} {str(shape):22s} bidir={bidir:d} rev={rev:d} {rec['dtype']:8s} "
                   f"{'OK ' if ok else 'BAD'} worst {worst:.1e} out {errs.get('out', float('nan')):.1e} "
                   f"({rec['seconds']:.0f}s)", flush=True)
-            if i == 0 and b == "pallas" and "error" in errs:
-                print("the first pallas check failed to run: skipping pallas timings", flush=True)
-                backends = [x for x in backends if x != "pallas"]
-                args.sweep = ""
+            first_of_backend = all(p[0] != b for p in plan[:i])
+            if b in KERNEL_BACKENDS and first_of_backend and "error" in errs:
+                print(f"the first {b} check failed to run: skipping {b} timings", flush=True)
+                backends = [x for x in backends if x != b]
+                if b == "pallas":
+                    args.sweep = ""
         ref_cache.clear()
 
     def timed(backend, shape, bidir):
@@ -281,7 +294,9 @@ def main():
                     save()
                     print("time", b, shape, "bidir" if bidir else "one", r, flush=True)
 
-    run_timings([b for b in backends if b == "pallas"])
+    if args.skip_timings:
+        backends, args.sweep = [], ""
+    run_timings([b for b in backends if b in KERNEL_BACKENDS])  # side by side at each shape
 
     for cfg_dict in json.loads(args.sweep or "[]"):
         # keys starting with "_" pick where to time it: "_shapes" (indices), "_bidir" (list of bools)
@@ -298,10 +313,17 @@ def main():
                 print("sweep", cfg_dict, shape, "bidir" if bidir else "one", r, flush=True)
         pss.set_config(None)
 
-    run_timings([b for b in backends if b != "pallas"])
+    run_timings([b for b in backends if b not in KERNEL_BACKENDS])
 
     save()
     print(render(result, bw), flush=True)
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except Exception as e:  # absent, or refusing to import (jax-triton without a CUDA jaxlib)
+        return f"unavailable ({type(e).__name__})"
 
 
 def render(result, bw):

@@ -47,17 +47,20 @@ class TritonScan:
     def check_runnable(self, *arrays) -> None:
         """Raises NotImplementedError unless the kernels can run here (so the op falls through)."""
         if not self.interpret:
+            # The platform first: importing triton here would fix it in compiler mode, which a
+            # later interpreted call in the same process could not undo (`launch.py`).
+            if jax.default_backend() != "gpu":
+                raise NotImplementedError(
+                    f"triton selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); "
+                    "TritonScan(interpret=True) runs it in Triton's interpreter")
+            version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+            if "rocm" in version or "hip" in version:
+                raise NotImplementedError("triton selective scan emits PTX: CUDA GPUs only")
             try:
                 import jax_triton  # noqa: F401
                 import triton  # noqa: F401
             except ImportError as e:
                 raise NotImplementedError(f"triton selective scan needs jax-triton and triton: {e}") from e
-            if jax.default_backend() != "gpu":
-                raise NotImplementedError(
-                    f"triton selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r})")
-            version = getattr(jax.devices()[0].client, "platform_version", "").lower()
-            if "rocm" in version or "hip" in version:
-                raise NotImplementedError("triton selective scan emits PTX: CUDA GPUs only")
         for x in arrays:
             if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
                 raise NotImplementedError(f"triton selective scan supports float32 and bfloat16, got {x.dtype}")

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-LN2 = 0.6931471805599453
-WARP = 32
+LN2 = tl.constexpr(0.6931471805599453)
+WARP = tl.constexpr(32)
 
 
 @triton.jit
@@ -404,8 +404,7 @@ def backward_kernel(zero_ptr, u_ptr, d_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, bias_pt
             _store_channel_sums(dC_ptr, part_row, dy[None, :] * h, valid, S, LOG_S, SHFL, NUM_WARPS, ON_GPU)
         # Backward over the chunk. B_t and C_t are read again where used (every thread holds
         # whole rows: keeping them would cost 2 * S * CHUNK registers); they hit L1.
-        for jj in tl.static_range(CHUNK):
-            j: tl.constexpr = CHUNK - 1 - jj
+        for j in tl.static_range(CHUNK - 1, -1, -1):
             t, valid = _token(k * CHUNK + j, seg_start, seg_len, rev, LENGTH)
             live = cmask & valid
             row = (kd * BATCH + b) * LENGTH + t
