@@ -43,17 +43,26 @@ def check_runnable(*arrays) -> bool:
     """Raises NotImplementedError unless the kernels can run here; returns the interpret flag."""
     interpret = interpret_enabled()
     if not interpret:
-        if jax.default_backend() != "gpu":
-            raise NotImplementedError(
-                f"pallas selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); "
-                "set VIM_JAX_PALLAS_INTERPRET=1 to interpret it")
-        version = getattr(jax.devices()[0].client, "platform_version", "").lower()
-        if "rocm" in version or "hip" in version:
-            raise NotImplementedError("pallas selective scan emits PTX: CUDA GPUs only")
+        require_cuda_gpu("pallas", "set VIM_JAX_PALLAS_INTERPRET=1 to interpret it")
+    require_dtypes("pallas", arrays)
+    return interpret
+
+
+def require_cuda_gpu(name: str, hint: str) -> None:
+    """NotImplementedError unless jax runs on a CUDA GPU (the kernels emit PTX)."""
+    if jax.default_backend() != "gpu":
+        raise NotImplementedError(
+            f"{name} selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); {hint}")
+    version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+    if "rocm" in version or "hip" in version:
+        raise NotImplementedError(f"{name} selective scan emits PTX: CUDA GPUs only")
+
+
+def require_dtypes(name: str, arrays) -> None:
+    """NotImplementedError for arrays other than float32 and bfloat16 (None is skipped)."""
     for x in arrays:
         if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
-            raise NotImplementedError(f"pallas selective scan supports float32 and bfloat16, got {x.dtype}")
-    return interpret
+            raise NotImplementedError(f"{name} selective scan supports float32 and bfloat16, got {x.dtype}")
 
 
 def run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revs, scale, interpret, *,

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-
 from pallas_kernels.selective_scan import api, vjp
 from pallas_kernels.selective_scan.tiling import ScanConfig
 from pallas_kernels.triton_scan import launchers
 
 KERNELS = vjp.Kernels(launchers.scan_forward, launchers.segment_summary, launchers.scan_backward,
                       launchers.adjoint_summary)
-_SUPPORTED = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,18 +45,10 @@ class TritonScan:
         if not self.interpret:
             # The platform first: importing triton here would fix it in compiler mode, which a
             # later interpreted call in the same process could not undo (`launch.py`).
-            if jax.default_backend() != "gpu":
-                raise NotImplementedError(
-                    f"triton selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); "
-                    "TritonScan(interpret=True) runs it in Triton's interpreter")
-            version = getattr(jax.devices()[0].client, "platform_version", "").lower()
-            if "rocm" in version or "hip" in version:
-                raise NotImplementedError("triton selective scan emits PTX: CUDA GPUs only")
+            api.require_cuda_gpu("triton", "TritonScan(interpret=True) runs it in Triton's interpreter")
             try:
                 import jax_triton  # noqa: F401
                 import triton  # noqa: F401
             except ImportError as e:
                 raise NotImplementedError(f"triton selective scan needs jax-triton and triton: {e}") from e
-        for x in arrays:
-            if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
-                raise NotImplementedError(f"triton selective scan supports float32 and bfloat16, got {x.dtype}")
+        api.require_dtypes("triton", arrays)

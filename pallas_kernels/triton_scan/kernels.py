@@ -98,6 +98,20 @@ def _token(step, seg_start, seg_len, rev, LENGTH: tl.constexpr):
 
 
 @triton.jit
+def _step(step, seg_start, seg_len, rev, kd, b, cols, cmask, u_ptr, d_ptr, bias, BATCH: tl.constexpr,
+          LENGTH: tl.constexpr, CHANNELS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
+          ON_GPU: tl.constexpr):
+    """One scan step's token and inputs: (t, valid, live, row in the per-direction arrays, row in
+    the shared ones, u, delta, d delta / d raw)."""
+    t, valid = _token(step, seg_start, seg_len, rev, LENGTH)
+    live = cmask & valid
+    row = (kd * BATCH + b) * LENGTH + t
+    u = _load_vec(u_ptr, row, cols, live, CHANNELS)
+    dt, dgrad = _delta(_load_vec(d_ptr, row, cols, live, CHANNELS), bias, live, SOFTPLUS, FAST, ON_GPU)
+    return t, valid, live, row, b * LENGTH + t, u, dt, dgrad
+
+
+@triton.jit
 def _program(zero_ptr, CHANNELS: tl.constexpr, LENGTH: tl.constexpr, BLOCK_C: tl.constexpr,
              N_CBLOCKS: tl.constexpr, SEG_LEN: tl.constexpr):
     """(batch row, channel block, segment, channel indices, channel mask, segment start, length)."""
@@ -212,12 +226,9 @@ def _forward_direction(kd: tl.constexpr, rev: tl.constexpr, zero_ptr, u_ptr, d_p
         if SAVE:
             tl.store(ck_ptr + _tile_offsets(seg_row * N_CHUNKS + k, cols, S, CH_PAD), h)
         for j in tl.static_range(CHUNK):
-            t, valid = _token(k * CHUNK + j, seg_start, seg_len, rev, LENGTH)
-            live = cmask & valid
-            row = (kd * BATCH + b) * LENGTH + t
-            srow = b * LENGTH + t
-            u = _load_vec(u_ptr, row, cols, live, CHANNELS)
-            dt, _ = _delta(_load_vec(d_ptr, row, cols, live, CHANNELS), bias, live, SOFTPLUS, FAST, ON_GPU)
+            t, valid, live, row, srow, u, dt, _ = _step(k * CHUNK + j, seg_start, seg_len, rev, kd, b, cols, cmask,
+                                                        u_ptr, d_ptr, bias, BATCH, LENGTH, CHANNELS, SOFTPLUS,
+                                                        FAST, ON_GPU)
             Bt = _state_row(B_ptr, row, S)
             Ct = _state_row(C_ptr, row, S)
             h = _exp2(dt[None, :] * A2, ON_GPU) * h + (dt * u)[None, :] * Bt[:, None]
@@ -291,11 +302,9 @@ def summary_kernel(zero_ptr, u_ptr, d_ptr, A2_ptr, B_ptr, bias_ptr, hend_ptr, ds
     dsum = tl.zeros((BLOCK_C,), tl.float32)
     for k in range(N_CHUNKS):
         for j in tl.static_range(CHUNK):
-            t, valid = _token(k * CHUNK + j, seg_start, seg_len, rev, LENGTH)
-            live = cmask & valid
-            row = (kd * BATCH + b) * LENGTH + t
-            u = _load_vec(u_ptr, row, cols, live, CHANNELS)
-            dt, _ = _delta(_load_vec(d_ptr, row, cols, live, CHANNELS), bias, live, SOFTPLUS, FAST, ON_GPU)
+            t, valid, live, row, srow, u, dt, _ = _step(k * CHUNK + j, seg_start, seg_len, rev, kd, b, cols, cmask,
+                                                        u_ptr, d_ptr, bias, BATCH, LENGTH, CHANNELS, SOFTPLUS,
+                                                        FAST, ON_GPU)
             h = _exp2(dt[None, :] * A2, ON_GPU) * h + (dt * u)[None, :] * _state_row(B_ptr, row, S)[:, None]
             dsum += dt
     seg_row = (kd * BATCH + b) * N_SEGMENTS + s
@@ -377,12 +386,9 @@ def backward_kernel(zero_ptr, u_ptr, d_ptr, A2_ptr, B_ptr, C_ptr, D_ptr, bias_pt
         dgrads = ()
         dys = ()
         for j in tl.static_range(CHUNK):
-            t, valid = _token(k * CHUNK + j, seg_start, seg_len, rev, LENGTH)
-            live = cmask & valid
-            row = (kd * BATCH + b) * LENGTH + t
-            srow = b * LENGTH + t
-            u = _load_vec(u_ptr, row, cols, live, CHANNELS)
-            dt, dgrad = _delta(_load_vec(d_ptr, row, cols, live, CHANNELS), bias, live, SOFTPLUS, FAST, ON_GPU)
+            t, valid, live, row, srow, u, dt, dgrad = _step(k * CHUNK + j, seg_start, seg_len, rev, kd, b, cols,
+                                                            cmask, u_ptr, d_ptr, bias, BATCH, LENGTH, CHANNELS,
+                                                            SOFTPLUS, FAST, ON_GPU)
             h_before = h_before + (h,)
             h = _exp2(dt[None, :] * A2, ON_GPU) * h + (dt * u)[None, :] * _state_row(B_ptr, row, S)[:, None]
             dout = _load_vec(dout_ptr, srow, cols, live, CHANNELS)

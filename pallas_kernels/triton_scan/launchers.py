@@ -14,6 +14,7 @@ import math
 import jax.numpy as jnp
 
 from pallas_kernels.selective_scan import reductions
+from pallas_kernels.selective_scan.backward import output_layout
 from pallas_kernels.selective_scan.tiling import Geometry, flat, shape_dtype
 from pallas_kernels.triton_scan import launch
 
@@ -72,15 +73,11 @@ def segment_summary(zero, u, delta, A2, B, bias, *, g: Geometry, revs, delta_sof
 def scan_backward(zero, u, delta, A2, B, C, D, z, bias, dout, states, lam0, stage, *, g: Geometry,
                   revs, delta_softplus, scale, interpret):
     """As `pallas_kernels.selective_scan.backward.scan_backward`."""
-    ndir = len(revs)
-    batch, length, channels = u.shape[1:]
-    P = (ndir, batch, g.n_segments)
-    shapes = [u.shape, delta.shape,
-              (ndir, g.n_cblocks, batch, length, g.state_pad),
-              (ndir, g.n_cblocks, batch, length, g.state_pad),
-              P + (g.state_pad, g.channels_pad), P + (g.channels_pad,), P + (g.channels_pad,)]
-    out_shapes = [shape_dtype((math.prod(s),), d) for s, d in zip(shapes, [u.dtype, delta.dtype] + [F32] * 5)]
-    out_shapes.append(shape_dtype((z.size,), z.dtype) if z is not None else _PLACEHOLDER)
+    ndir, batch = len(revs), u.shape[1]
+    shapes, dtypes = output_layout(u, delta, z, g, ndir)
+    out_shapes = [shape_dtype((math.prod(s),), d) for s, d in zip(shapes, dtypes)]
+    if z is None:
+        out_shapes.append(_PLACEHOLDER)
     args = [zero] + flat(u, delta, A2, B, C, D, bias, dout, states)
     args += [_placeholder(z), _placeholder(lam0), _placeholder(stage)]
     shfl = g.cfg.reduce == "shfl" and reductions.shfl_supported(g.cfg.block_c, g.cfg.num_warps, g.state_pad)
