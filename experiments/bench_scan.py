@@ -4,16 +4,19 @@
     PYTHONUNBUFFERED=1 PYTHONPATH=. python3 experiments/bench_scan.py --out experiments/results
 
 (about 5 minutes on an H100, most of it compiling: Triton's coalescing pass takes ~10 s per
-backward kernel.) Checks every backend (reference, associative, pallas, mosaic) and the fused bidirectional scan against
-the sequential reference run in float64 on the GPU (`jax.enable_x64`), values and the gradients
-of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
+backward kernel.) Checks every backend (reference, associative, pallas, mosaic) and the fused
+bidirectional scan against the sequential reference run in float64 on the GPU (`jax.enable_x64`),
+values and the gradients of all eight inputs, on fresh random inputs, with the allocator's free memory filled with NaN
 first so that an output element no kernel wrote shows up. Then times forward and forward +
 backward (`jax.vjp` with a bf16 cotangent, as in training) at the three shapes of the reference
 measurement (`results/reference_h200_2026-12-01.md`: two Vim layers at 224 px and a Vim-Ti layer
 at 1248 px) with bf16 activations and float32 A, D, delta_bias: median over repeats
 of `inner` back-to-back calls closed by `jax.block_until_ready`, rotating three input sets.
-`--sweep` adds pallas tiling variants; a backend named `mosaic:tile=16:stages=2` is the mosaic
-kernel with that `MosaicScanConfig` (timed forward only, unless `--variant-bwd`). Writes bench_scan_<device>.json / .md under --out after
+The kernel backends (pallas, mosaic, and triton: the Pallas kernels' algorithm on jax-triton, run
+only when named, e.g. `--backends mosaic,pallas,triton`) are checked at awkward shapes too and timed
+side by side at each shape. `--sweep` adds pallas tiling variants; a backend named
+`mosaic:tile=16:stages=2` is the mosaic kernel with that `MosaicScanConfig` (timed forward only,
+unless `--variant-bwd`). Writes bench_scan_<device>.json / .md under --out after
 every measurement, so a run cut short keeps what it measured.
 """
 
@@ -56,6 +59,10 @@ TARGET = {(128, 197, 768, 16): (0.15, 0.6), (128, 197, 384, 16): (0.08, 0.3),
 TARGET_BIDIR = {(128, 197, 768, 16): (0.28, 1.10), (8, 6085, 384, 16): (0.28, 1.10)}
 EXP_RATE = reference_numbers.exp_rate()  # exponentials per second on the special-function units
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+KERNEL_BACKENDS = ("pallas", "mosaic", "triton")
+# float32 checks of the kernel backends: Vim-S-like, long with segments, and an awkward one (odd
+# length, channels not a multiple of any block, a state that is not a power of two).
+F32_CHECK_SHAPES = [(4, 197, 768, 16), (2, 2500, 192, 16), (3, 77, 200, 13)]
 ACTIVATIONS = ("u", "delta", "B", "C", "z")
 
 
@@ -79,7 +86,7 @@ def make_inputs(seed, shape, bidir, act_dtype):
 
 
 def is_kernel(backend):
-    return backend.split(":")[0] in ("pallas", "mosaic")
+    return backend.split(":")[0] in KERNEL_BACKENDS
 
 
 def mosaic_variant(backend):
@@ -209,11 +216,12 @@ def main():
     ap.add_argument("--sweep", default="", help="JSON list of ScanConfig dicts to time at every shape")
     ap.add_argument("--checks", default="quick", choices=["full", "quick", "none"],
                     help="quick: pallas in bf16 at the first and last shape (one direction and fused), "
-                         "in float32 at two small shapes, the other backends at the first shape; "
+                         "in float32 at three small shapes, the other backends at the first shape; "
                          "full: every backend and direction everywhere (about twice as long)")
     ap.add_argument("--backends", default="mosaic,pallas,associative,reference")
     ap.add_argument("--check-backends", default="", help="the kernels to check (default: all given)")
     ap.add_argument("--variant-bwd", action="store_true", help="also time fwd+bwd of mosaic:... variants")
+    ap.add_argument("--skip-timings", action="store_true", help="the checks only")
     ap.add_argument("--shapes", default="0,1,2")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
     ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
@@ -224,6 +232,7 @@ def main():
     meta = dict(device=dev.device_kind, platform=dev.platform,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 jax=jax.__version__, jaxlib=jaxlib.__version__, python=sys.version.split()[0],
+                triton=_version("triton"), jax_triton=_version("jax_triton"),
                 command="PYTHONUNBUFFERED=1 PYTHONPATH=. python3 " + " ".join(sys.argv))
     print(meta, flush=True)
     bw = bandwidth()
@@ -257,15 +266,15 @@ def main():
             if args.checks == "full" or i == 0:
                 plan += [(b, shape, False, False, jnp.bfloat16) for b in backends
                          if b != "reference" and not is_kernel(b)]
-        f32_shapes = [(4, 197, 768, 16), (2, 2500, 192, 16)]
+        f32_shapes = F32_CHECK_SHAPES
         if args.check_shapes_json:
             f32_shapes = [tuple(s) for s in json.loads(args.check_shapes_json)]
         for i, shape in enumerate(f32_shapes):  # float32: the kernels' own precision
             for b in kernels:
-                if args.checks == "full":
+                if args.checks == "full" or i % 3 == 2:
                     plan += [(b, shape, False, False, jnp.float32), (b, shape, False, True, jnp.float32),
                              (b, shape, True, False, jnp.float32)]
-                else:  # in turn: one direction in reverse, both fused, one direction forward
+                else:  # in turn: one direction in reverse, both fused, then all three
                     plan += [(b, shape, i % 3 == 1, i % 3 == 0, jnp.float32)]
         for i, (b, shape, bidir, rev, dt) in enumerate(plan):
             t0 = time.perf_counter()
@@ -314,6 +323,8 @@ def main():
                     save()
                     print("time", b, shape, "bidir" if bidir else "one", r, flush=True)
 
+    if args.skip_timings:
+        backends, args.sweep = [], ""
     run_timings([b for b in backends if is_kernel(b)])  # the kernels side by side, shape by shape
 
     for cfg_dict in json.loads(args.sweep or "[]"):
@@ -333,6 +344,13 @@ def main():
 
     save()
     print(render(result, bw), flush=True)
+
+
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except Exception as e:  # absent, or refusing to import (jax-triton without a CUDA jaxlib)
+        return f"unavailable ({type(e).__name__})"
 
 
 def render(result, bw):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,10 @@ class PallasScan:
 
     config: ScanConfig | None = None
     interpret: bool = False
+    # Not fields: a subclass running other kernels with the same layouts (such as
+    # `pallas_kernels.triton_scan.TritonScan`) sets its launchers and its name for messages.
+    kernels: ClassVar[vjp.Kernels] = vjp.PALLAS
+    name: ClassVar[str] = "pallas"
 
     def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         """See `vim_jax.ops.selective_scan`: u, delta, z [batch, length, channels]; A [channels, state];
@@ -49,16 +54,8 @@ class PallasScan:
     def check_runnable(self, *arrays) -> None:
         """Raises NotImplementedError unless the kernels can run here."""
         if not self.interpret:
-            if jax.default_backend() != "gpu":
-                raise NotImplementedError(
-                    f"pallas selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); "
-                    "use PallasScan(interpret=True) to interpret it")
-            version = getattr(jax.devices()[0].client, "platform_version", "").lower()
-            if "rocm" in version or "hip" in version:
-                raise NotImplementedError("pallas selective scan emits PTX: CUDA GPUs only")
-        for x in arrays:
-            if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
-                raise NotImplementedError(f"pallas selective scan supports float32 and bfloat16, got {x.dtype}")
+            require_cuda_gpu(self.name, f"use {type(self).__name__}(interpret=True) to interpret it")
+        require_dtypes(self.name, arrays)
 
     def run(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, revs, scale):
         """Direction-stacked inputs (leading axis len(revs)) -> out [batch, length, channels]."""
@@ -75,7 +72,24 @@ class PallasScan:
         cfg = default_config(batch, length, channels, self.config)
         for c in (cfg, cfg.backward()):
             if Geometry(batch, length, channels, A.shape[-1], c).max_elements(ndir) >= 2**31:
-                raise NotImplementedError("pallas selective scan: arrays too large for int32 offsets")
+                raise NotImplementedError(f"{self.name} selective scan: arrays too large for int32 offsets")
         static = vjp.Static(revs=tuple(revs), delta_softplus=bool(delta_softplus), scale=float(scale),
-                            has_z=has_z, cfg=cfg, interpret=self.interpret)
+                            has_z=has_z, cfg=cfg, interpret=self.interpret, kernels=self.kernels)
         return vjp.scan(u, delta, A, B, C, D, z, delta_bias, static)
+
+
+def require_cuda_gpu(name: str, hint: str) -> None:
+    """NotImplementedError unless jax runs on a CUDA GPU (the kernels emit PTX)."""
+    if jax.default_backend() != "gpu":
+        raise NotImplementedError(
+            f"{name} selective scan needs a CUDA GPU (default backend is {jax.default_backend()!r}); {hint}")
+    version = getattr(jax.devices()[0].client, "platform_version", "").lower()
+    if "rocm" in version or "hip" in version:
+        raise NotImplementedError(f"{name} selective scan emits PTX: CUDA GPUs only")
+
+
+def require_dtypes(name: str, arrays) -> None:
+    """NotImplementedError for arrays other than float32 and bfloat16 (None is skipped)."""
+    for x in arrays:
+        if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
+            raise NotImplementedError(f"{name} selective scan supports float32 and bfloat16, got {x.dtype}")

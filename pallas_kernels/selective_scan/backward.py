@@ -43,16 +43,8 @@ def scan_backward(zero, u, delta, A2, B, C, D, z, bias, dout, states, lam0, stag
     state_pad, channels_pad], dD and d delta_bias [ndir, batch, segments, channels_pad]).
     """
     ndir = len(revs)
-    batch, length, channels = u.shape[1:]
-    P = (ndir, batch, g.n_segments)
-    shapes = [u.shape, delta.shape,
-              (ndir, g.n_cblocks, batch, length, g.state_pad),
-              (ndir, g.n_cblocks, batch, length, g.state_pad),
-              P + (g.state_pad, g.channels_pad), P + (g.channels_pad,), P + (g.channels_pad,)]
-    dtypes = [u.dtype, delta.dtype] + [F32] * 5
-    if z is not None:
-        shapes.append(z.shape)
-        dtypes.append(z.dtype)
+    batch = u.shape[1]
+    shapes, dtypes = output_layout(u, delta, z, g, ndir)
     kernel = functools.partial(
         _backward_kernel, g=g, revs=tuple(revs), has_z=z is not None, has_lam0=lam0 is not None,
         delta_softplus=delta_softplus, scale=scale, interpret=interpret)
@@ -65,6 +57,22 @@ def scan_backward(zero, u, delta, A2, B, C, D, z, bias, dout, states, lam0, stag
     du, dd, dBp, dCp, dAp, dDp, dbp = outs[:7]
     dz = outs[7] if z is not None else None
     return du, dd, dz, dBp, dCp, dAp, dDp, dbp
+
+
+def output_layout(u, delta, z, g: Geometry, ndir: int):
+    """(shapes, dtypes) of the backward kernel's outputs: du, ddelta, the partials of dB, dC, dA,
+    dD, d delta_bias (see `scan_backward`), then dz if z is not None."""
+    batch, length = u.shape[1:3]
+    P = (ndir, batch, g.n_segments)
+    shapes = [u.shape, delta.shape,
+              (ndir, g.n_cblocks, batch, length, g.state_pad),
+              (ndir, g.n_cblocks, batch, length, g.state_pad),
+              P + (g.state_pad, g.channels_pad), P + (g.channels_pad,), P + (g.channels_pad,)]
+    dtypes = [u.dtype, delta.dtype] + [F32] * 5
+    if z is not None:
+        shapes.append(z.shape)
+        dtypes.append(z.dtype)
+    return shapes, dtypes
 
 
 def _direction(revs):

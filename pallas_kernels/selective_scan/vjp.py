@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,20 @@ from pallas_kernels.selective_scan import segments
 from pallas_kernels.selective_scan.backward import adjoint_summary, scan_backward
 from pallas_kernels.selective_scan.forward import scan_forward, segment_summary
 from pallas_kernels.selective_scan.tiling import LOG2E, Geometry, ScanConfig
+
+
+class Kernels(NamedTuple):
+    """The four kernel launchers the VJP runs, with the signatures of the Pallas ones in
+    `forward.py` and `backward.py` (another backend, such as `pallas_kernels.triton_scan`, passes
+    its own: the wiring, the segment chaining and the partial sums here are shared)."""
+
+    forward: Callable
+    segment_summary: Callable
+    backward: Callable
+    adjoint_summary: Callable
+
+
+PALLAS = Kernels(scan_forward, segment_summary, scan_backward, adjoint_summary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +44,7 @@ class Static:
     has_z: bool
     cfg: ScanConfig
     interpret: bool
+    kernels: Kernels = PALLAS
 
     def kernel_kwargs(self):
         return dict(revs=self.revs, delta_softplus=self.delta_softplus, interpret=self.interpret)
@@ -69,9 +85,9 @@ def _forward(u, delta, A, B, C, D, z, bias, static, save):
     zz = z if static.has_z else None
     h0 = delta_sum = None
     if g.n_segments > 1:
-        h_end, delta_sum = segment_summary(zero, u, delta, A2, B2, bias, g=g, **static.kernel_kwargs())
+        h_end, delta_sum = static.kernels.segment_summary(zero, u, delta, A2, B2, bias, g=g, **static.kernel_kwargs())
         h0 = segments.entry_states(h_end, segments.segment_decay(A2, delta_sum), static.revs)
-    out, stage, states = scan_forward(zero, u, delta, A2, B2, C2, D, zz, bias, h0, g=g,
+    out, stage, states = static.kernels.forward(zero, u, delta, A2, B2, C2, D, zz, bias, h0, g=g,
                                       scale=static.scale, save_states=save, **static.kernel_kwargs())
     return out, (u, delta, A, B, C, D, z, bias, states, stage, delta_sum)
 
@@ -88,10 +104,10 @@ def _bwd_rule(static, res, dout):
     channels, state = u.shape[-1], A.shape[-1]
     lam0 = None
     if g.n_segments > 1:
-        lam_out = adjoint_summary(zero, delta, A2, C2, zz, bias, dout, g=g, scale=static.scale,
+        lam_out = static.kernels.adjoint_summary(zero, delta, A2, C2, zz, bias, dout, g=g, scale=static.scale,
                                   **static.kernel_kwargs())
         lam0 = segments.entry_adjoints(lam_out, segments.segment_decay(A2, delta_sum), static.revs)
-    du, dd, dz, dBp, dCp, dAp, dDp, dbp = scan_backward(
+    du, dd, dz, dBp, dCp, dAp, dDp, dbp = static.kernels.backward(
         zero, u, delta, A2, B2, C2, D, zz, bias, dout, states, lam0, stage, g=g, scale=static.scale,
         **static.kernel_kwargs())
     dB = dBp.sum(1)[..., :state].astype(B.dtype)

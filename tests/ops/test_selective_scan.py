@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import pytest
 
 from tests.ops.scan_test_base import SelectiveScanTestBase, oracle, random_scan_inputs, rel_err
 from vim_jax.ops import associative, list_backends, selective_scan, sequential
+
+registry = importlib.import_module("vim_jax.ops.selective_scan")  # the module, not the function
 
 
 class TestReference(SelectiveScanTestBase):
@@ -116,3 +119,21 @@ def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="unknown selective-scan backend"):
         selective_scan(**inputs, backend="cuda")
     assert {"reference", "associative", "pallas"} <= set(list_backends())
+
+
+
+def test_registration_order_sets_preference(monkeypatch):
+    """A backend registered for a platform comes first there, unless told to stay behind others."""
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
+    monkeypatch.setattr(registry, "_PREFERENCE", {"cpu": ("reference",)})
+    registry.register_backend("first", associative, platforms=("cpu",))
+    registry.register_backend("behind", sequential, platforms=("cpu",), after=("first", "absent"))
+    registry.register_backend("newest", sequential, platforms=("cpu",))
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert registry.candidate_backends() == ("newest", "first", "behind", "reference")
+
+
+def test_pallas_preferred_over_triton_on_gpus(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    order = registry.candidate_backends()
+    assert order.index("pallas") < order.index("triton") < order.index("associative")

@@ -42,7 +42,7 @@ _PREFERENCE = {
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")
 # Kernel packages that call `register_backend` when imported (an absent one is skipped).
-PLUGIN_MODULES = ("pallas_kernels.selective_scan", "pallas_kernels.mosaic_scan")
+PLUGIN_MODULES = ("pallas_kernels.selective_scan", "pallas_kernels.mosaic_scan", "pallas_kernels.triton_scan")
 _plugins_loaded = False
 
 
@@ -64,12 +64,16 @@ def list_backends() -> tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-def register_backend(name: str, module: str | ModuleType | Any, platforms: Sequence[str] = ()) -> None:
+def register_backend(name: str, module: str | ModuleType | Any, platforms: Sequence[str] = (),
+                     after: Sequence[str] = ()) -> None:
     """Registers `module` (a dotted path, a module or a backend object) as backend `name`,
-    preferred first on each of `platforms` (e.g. ``("gpu",)``); the last registered comes first."""
+    preferred on each of `platforms` (e.g. ``("gpu",)``) over every backend already there but
+    those of `after` (names; absent ones are ignored): of two registered alike, the last comes first."""
     _BACKENDS[name] = module
     for platform in platforms:
-        _PREFERENCE[platform] = (name,) + tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
+        others = tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
+        at = max((others.index(b) + 1 for b in after if b in others), default=0)
+        _PREFERENCE[platform] = others[:at] + (name,) + others[at:]
 
 
 def candidate_backends(backend: Any = None) -> tuple:
