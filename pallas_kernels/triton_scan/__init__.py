@@ -17,6 +17,5 @@ from vim_jax.ops import register_backend
 
 __all__ = ["TritonScan"]
 
-# Behind pallas on GPUs until measured there: the same kernels, for when Pallas' Triton lowering
-# is gone.
-register_backend("triton", TritonScan(), platforms=("gpu",), after=("pallas",))
+# Tried behind pallas on GPUs (vim_jax.ops' preference order) until measured there.
+register_backend("triton", TritonScan())

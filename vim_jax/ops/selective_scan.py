@@ -36,8 +36,9 @@ _BACKENDS: dict[str, Any] = {
 # scan's gradient, 1.3-1.6x on the gradient of the loss; experiments/results/fashion_mnist_cpu.md).
 _PREFERENCE = {
     # The kernel packages' backends, fastest first where they can run (they register on import;
-    # absent ones are skipped): mosaic (Hopper) has the fastest forward, pallas runs on any CUDA GPU.
-    "gpu": ("mosaic", "pallas", "associative", "reference"),
+    # absent ones are skipped): mosaic (Hopper) has the fastest forward, pallas runs on any CUDA GPU,
+    # triton (the same kernels on jax-triton) stays behind pallas until it is measured on a GPU.
+    "gpu": ("mosaic", "pallas", "triton", "associative", "reference"),
     "cpu": ("sequential", "reference", "associative"),
 }
 _DEFAULT_PREFERENCE = ("associative", "reference")
@@ -64,16 +65,13 @@ def list_backends() -> tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-def register_backend(name: str, module: str | ModuleType | Any, platforms: Sequence[str] = (),
-                     after: Sequence[str] = ()) -> None:
+def register_backend(name: str, module: str | ModuleType | Any, platforms: Sequence[str] = ()) -> None:
     """Registers `module` (a dotted path, a module or a backend object) as backend `name`,
-    preferred on each of `platforms` (e.g. ``("gpu",)``) over every backend already there but
-    those of `after` (names; absent ones are ignored): of two registered alike, the last comes first."""
+    preferred first on each of `platforms` (e.g. ``("gpu",)``); the last registered comes first.
+    The kernel packages of `PLUGIN_MODULES` pass no platforms: their order is `_PREFERENCE`'s."""
     _BACKENDS[name] = module
     for platform in platforms:
-        others = tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
-        at = max((others.index(b) + 1 for b in after if b in others), default=0)
-        _PREFERENCE[platform] = others[:at] + (name,) + others[at:]
+        _PREFERENCE[platform] = (name,) + tuple(b for b in _PREFERENCE.get(platform, ()) if b != name)
 
 
 def candidate_backends(backend: Any = None) -> tuple:
