@@ -18,6 +18,8 @@ from vim_jax.registry import get_config
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = REPO / "experiments" / "notebooks" / "inference.ipynb"
 KERNEL = "vim-jax-tests"
+# A Jupyter kernel per notebook run, compiling a 224-px model.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
