@@ -112,6 +112,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 3e-2
 
 
+@pytest.mark.slow  # a gradient compile per backend; tests/ops checks the backends agree op by op
 def test_backends_agree_inside_the_model_values_and_gradients():
     x = images(2)
     grads, outs = {}, {}
