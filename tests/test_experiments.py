@@ -22,6 +22,7 @@ def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
     return proc
 
 
+@pytest.mark.slow
 def test_bench_models_smoke_writes_its_results(tmp_path):
     _run("bench_models.py", "--smoke", "--max-batch", "--max-batch-cap", "4", "--results-dir", str(tmp_path))
     stem = tmp_path / "bench_models_cpu_smoke"
@@ -43,6 +44,7 @@ def test_bench_models_smoke_writes_its_results(tmp_path):
     assert "| 32 | 5 |" in markdown and "Largest batch" in markdown
 
 
+@pytest.mark.slow
 def test_ablate_smoke_trains_both_models_and_writes_its_results(tmp_path):
     _run("ablate.py", "--smoke", "--results-dir", str(tmp_path), "--workdir", str(tmp_path / "runs"))
     stem = tmp_path / "ablation_vim_vs_deit_smoke"

@@ -19,6 +19,8 @@ from vim_jax.registry import get_config
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = REPO / "experiments" / "notebooks" / "inference.ipynb"
 KERNEL = "vim-jax"  # setup.sh registers it for the user; the tests install their own copy
+# A Jupyter kernel per notebook run, compiling a 224-px model.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

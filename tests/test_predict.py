@@ -51,6 +51,7 @@ def parse(output: str) -> dict[str, list[str]]:
     return results
 
 
+@pytest.mark.slow
 def test_predict_prints_the_official_top5(vim_tiny_file, photos, capsys):
     path, sd = vim_tiny_file
     # Three images in batches of two: the last batch is padded, one shape compiles.

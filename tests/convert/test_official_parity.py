@@ -28,6 +28,7 @@ def forward(model, images):
     return model(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, batch", [("vim_tiny", 2), ("vim_tiny_stride8", 1), ("vim_small", 1)])
 def test_released_model_from_training_dict(tmp_path, name, batch):
     cfg = get_config(name)

@@ -29,8 +29,9 @@ def _randomize(model, seed, scale=0.3):
     hide a wrong bias slot or a tanh-approximated GELU."""
     state = nnx.state(model, nnx.Param)
     leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    nnx.update(model, jax.tree.unflatten(treedef, [scale * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves)]))
+    rng = np.random.default_rng(seed)  # numpy: jax.random would compile a sampler per parameter shape
+    nnx.update(model, jax.tree.unflatten(treedef, [jnp.asarray(scale * rng.standard_normal(a.shape), a.dtype)
+                                                   for a in leaves]))
 
 
 # numpy transcription of timm's VisionTransformer forward (stride == patch size) -----------------

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import vim_jax
+from tests.convert.checkpoint_files import abstract_vim
 from tests.official_torch import official_logits, random_official_state_dict
+from vim_jax.convert import fill_abstract
 from vim_jax.models.vim_keys import VIM_KEYS
+from vim_jax.registry import get_config
 
 
-def load_official(model, state_dict):
-    cfg = model.cfg
+def official_model(state_dict, cfg):
+    """The model with the official weights, built abstractly (initialising would only be overwritten,
+    and compiling an initialiser for each configuration costs more than the forward pass)."""
+    model = abstract_vim(cfg)
     shapes = jax.tree.map(lambda v: v.shape, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    nnx.update(model, VIM_KEYS.official_to_ours(state_dict, cfg, shapes))
-    return model
+    return fill_abstract(model, VIM_KEYS.official_to_ours(state_dict, cfg, shapes))
 
 
 def relative_error(got, ref):
@@ -51,9 +54,9 @@ SWITCHES = [
 
 @pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "released")
 def test_switch_matches_official(switches):
-    model = vim_jax.create_model("vim_test", depth=4, **switches)
-    sd = random_official_state_dict(model.cfg, seed=len(switches))
-    load_official(model, sd)
+    cfg = get_config("vim_test", depth=4, **switches)
+    sd = random_official_state_dict(cfg, seed=len(switches))
+    model = official_model(sd, cfg)
     images = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
     ref = official_logits(sd, model.cfg, images)
     assert relative_error(model(jnp.asarray(images)), ref) < 1e-5
@@ -61,9 +64,9 @@ def test_switch_matches_official(switches):
 
 @pytest.mark.parametrize("switches", [{}, {"bimamba": "v1"}, {"cls_token": "head_tail", "norm": "layernorm"}])
 def test_key_table_round_trips(switches):
-    model = vim_jax.create_model("vim_test", **switches)
-    sd = random_official_state_dict(model.cfg, seed=5)
-    load_official(model, sd)
+    cfg = get_config("vim_test", **switches)
+    sd = random_official_state_dict(cfg, seed=5)
+    model = official_model(sd, cfg)
     back = VIM_KEYS.ours_to_official(nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg)
     assert set(back) == set(sd)
     for key in sd:

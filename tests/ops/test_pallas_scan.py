@@ -44,6 +44,8 @@ def _check(backend, inputs, reverse=False, bidirectional=False, wrt=ARG_NAMES, t
         assert rel_err(got[name], ref_g[name]) < tol[1], name
 
 
+# The three tiling cases below interpret bigger kernels (values and gradients): the slow tier.
+@pytest.mark.slow
 def test_tail_is_masked_not_skipped():
     """The default tiling (chunks of 8): 2 chunks and a tail of 5, scanned in reverse (so the tail
     is the sequence's first tokens), values and gradients. (A segment shorter than one chunk is
@@ -51,6 +53,7 @@ def test_tail_is_masked_not_skipped():
     _check(interpreted(pss.ScanConfig()), random_scan_inputs(60, 2, 21, 40, 4), reverse=True)
 
 
+@pytest.mark.slow
 def test_segments_bidirectional():
     """A sequence cut into segments (summaries + XLA chaining), both directions fused, with a
     ragged last segment and another channel block in the backward (cross-warp shuffle sums)."""
@@ -58,6 +61,7 @@ def test_segments_bidirectional():
     _check(interpreted(config), random_scan_inputs(70, 1, 27, 40, 3, lead=(2,)), bidirectional=True)
 
 
+@pytest.mark.slow
 def test_segments_reverse_tree_reduction():
     _check(interpreted(pss.ScanConfig(block_c=32, chunk=2, seg_len=12, reduce="tree")),
            random_scan_inputs(71, 2, 31, 5, 4), reverse=True)

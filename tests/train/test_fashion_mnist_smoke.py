@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.train.helpers import SMOKE, checkpoint_steps, losses, train
 from vim_jax import cli
 from vim_jax.train.metrics import read_metrics
@@ -11,6 +13,7 @@ from vim_jax.train.metrics import read_metrics
 CHECKPOINT_ITEMS = {"params", "opt_state", "train_state", "data_iterator", "config", "vim_jax"}
 
 
+@pytest.mark.slow  # 44 training steps and five evaluations of the 10,000 test images
 def test_smoke_config_trains_evaluates_logs_and_resumes(tmp_path):
     assert train(tmp_path) == 0
 

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx, traverse_util
 
 pytest.importorskip("tensorflow_datasets")
+pytestmark = pytest.mark.slow  # TFDS preparation, the tf.data pipeline and three trainer runs
 
 import vim_jax  # noqa: E402
 from tests.train.helpers import REPO, checkpoint_steps, losses, train  # noqa: E402

@@ -8,6 +8,7 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 
 from tests.train.helpers import cli_command, losses, subprocess_env, train
 
@@ -15,6 +16,7 @@ RUN = ("--config.num_train_steps=5", "--config.log_every_steps=1", "--config.eva
        "--config.checkpoint_every_steps=1000", "--config.eval_batch_size=400", "--config.max_eval_batches=1",
        "--config.model.drop_path_rate=0.2", "--config.ema_decay=0.9")
 PROCESSES = 2
+pytestmark = pytest.mark.slow  # two training processes, twice, and a one-device reference
 
 
 def free_port() -> int:

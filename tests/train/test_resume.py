@@ -73,6 +73,7 @@ def _start_and_wait_for_step(workdir, step: int, cache_dir: str, checkpointed: b
     return child
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_cleanly_and_the_rerun_matches(reference, tmp_path, compilation_cache):
     child = _start_and_wait_for_step(tmp_path, 1, compilation_cache)
     child.send_signal(signal.SIGTERM)
@@ -86,6 +87,7 @@ def test_sigterm_saves_exits_cleanly_and_the_rerun_matches(reference, tmp_path, 
     assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_killed_run_reruns_from_its_last_checkpoint_and_matches(reference, tmp_path, compilation_cache):
     child = _start_and_wait_for_step(tmp_path, 4, compilation_cache, checkpointed=True)
     child.kill()  # SIGKILL: nothing is saved, rows after the last checkpoint are left behind

@@ -8,12 +8,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from tests.train.helpers import REPO, losses, subprocess_env
 from tests.train.sharded_runs import SHARDED_MESHES, train_on_mesh
 from vim_jax.convert import restore_params
 from vim_jax.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # a second process training on two meshes of 8 devices
 
 
 def test_data_parallel_and_fsdp_meshes_match_one_device(tmp_path, compilation_cache):
