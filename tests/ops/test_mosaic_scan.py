@@ -21,6 +21,7 @@ from vim_jax.ops import selective_scan, selective_scan_bidirectional
 INTERPRETED = ms.MosaicScan(interpret=True)
 
 
+@pytest.mark.slow  # the interpreter runs every op of every thread: minutes for the shared base
 class TestMosaic(SelectiveScanTestBase):
     backend = INTERPRETED
     # Interpreting costs seconds per call: a few tiles of 16 tokens, 1 or 2 CTAs of 128 channels.

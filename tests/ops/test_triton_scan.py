@@ -48,6 +48,7 @@ def interpreter_on():
         pytest.skip(str(e))
 
 
+@pytest.mark.slow  # Triton's interpreter over the whole shared base takes minutes
 class TestTritonInterpreted(SelectiveScanTestBase):
     backend = INTERPRETED
     # Lengths 11, 13 and 9 leave a 1-token tail after chunks of 2 (the interpreter's time grows
