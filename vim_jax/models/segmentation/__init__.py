@@ -2,7 +2,8 @@
 sliding-window inference."""
 
 from vim_jax.models.segmentation.config import SegmentorConfig
+from vim_jax.models.segmentation.layers import resize_bilinear
 from vim_jax.models.segmentation.segmentor import Segmentor
 from vim_jax.models.segmentation.sliding import slide_inference
 
-__all__ = ["Segmentor", "SegmentorConfig", "slide_inference"]
+__all__ = ["Segmentor", "SegmentorConfig", "resize_bilinear", "slide_inference"]

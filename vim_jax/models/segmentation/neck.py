@@ -36,6 +36,10 @@ class Pyramid(nnx.Module):
         if len(features) != 4:
             raise ValueError(f"the pyramid takes the maps of four blocks, got {len(features)}")
         a, b, c, d = features
+        smallest = 32 // self.backbone_stride  # patches per side the stride-32 map pools
+        if min(d.shape[1:3]) < smallest:
+            raise ValueError(f"a {d.shape[1]}x{d.shape[2]} patch grid is too small for the pyramid: its stride-32 "
+                             f"map needs at least {smallest} patches per side (images of 32 pixels or more)")
         if self.backbone_stride == 16:
             up = jax.nn.gelu(self.up4_bn(at_least_float32(self.up4_first(a))), approximate=False)
             return [self.up4_second(up.astype(a.dtype)), self.up8(b), c, max_pool(d, 2)]
