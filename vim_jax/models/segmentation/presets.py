@@ -20,8 +20,8 @@ def _build(config, rngs):
     return Segmentor(config, rngs=rngs)
 
 
-_ADE = EvalSettings(input_size=512, resize_size=512, interpolation="bilinear",
-                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# mmseg's ADE20K normalisation is ImageNet's mean and std (in 0-255 units); 512 crops.
+_ADE = EvalSettings(input_size=512, resize_size=512, interpolation="bilinear")
 
 register_model(
     "upernet_vim_tiny",
