@@ -148,8 +148,7 @@ class VimConfig(PatchGrid):
     @property
     def cls_positions(self) -> tuple[int, ...]:
         """Indices of the class token(s) in the token sequence."""
-        m = self.num_patches
-        return {"none": (), "head": (0,), "middle": (m // 2,), "head_tail": (0, m + 1)}[self.cls_token]
+        return class_token_positions(self.cls_token, self.num_patches)
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -163,6 +162,13 @@ class VimConfig(PatchGrid):
 
     def replace(self, **changes) -> "VimConfig":
         return dataclasses.replace(self, **changes)
+
+
+def class_token_positions(cls_token: str, num_patches: int) -> tuple[int, ...]:
+    """Indices of the class token(s) among `num_patches` patch tokens: "middle" -> M // 2,
+    "head" -> 0, "head_tail" -> 0 and M + 1, "none" -> none."""
+    m = num_patches
+    return {"none": (), "head": (0,), "middle": (m // 2,), "head_tail": (0, m + 1)}[cls_token]
 
 
 def _one_of(field: str, value, allowed):

@@ -84,7 +84,7 @@ def get_config(name: str, **overrides):
 
 
 def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rngs: nnx.Rngs | None = None,
-                 **overrides) -> nnx.Module:
+                 features_only: bool = False, out_indices=None, **overrides) -> nnx.Module:
     """Builds a registered model, optionally loading weights.
 
     Args:
@@ -95,9 +95,22 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
         than the checkpoint's gives a freshly initialised classifier (fine-tuning), and
         `num_classes=0` none (features).
       seed: seeds `rngs` when none is given (parameters and dropout).
+      features_only: return a `FeatureExtractor` (no classifier) whose call gives the patch-grid
+        maps `[batch, rows, cols, embed_dim]` of blocks `out_indices` (default: the last block of
+        each quarter, e.g. (5, 11, 17, 23)), at any image size.
+      out_indices: block indices for `features_only` (negative from the end), or an int n for
+        the last n blocks.
       **overrides: config fields to change, e.g. `num_classes=10`, `img_size=448`,
         `dtype="bfloat16"`, `drop_path_rate=0.1`.
     """
+    if features_only:
+        from vim_jax.models.features import FeatureExtractor  # models import the registry, not back
+
+        overrides.setdefault("num_classes", 0)
+        backbone = create_model(name, checkpoint=checkpoint, seed=seed, rngs=rngs, **overrides)
+        return FeatureExtractor(backbone, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices selects the blocks of a features_only model; pass features_only=True")
     entry = resolve(name)
     config = get_config(name, **overrides)
     if rngs is None:

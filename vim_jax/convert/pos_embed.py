@@ -15,14 +15,15 @@ import math
 
 import numpy as np
 
+from vim_jax.config import class_token_positions
+
 _CUBIC_A = -0.75  # PyTorch's bicubic coefficient
 
 
 def class_token_rows(cls_token: str, num_patches: int) -> tuple[int, ...]:
     """The rows of the class token(s) in a sequence of `num_patches` patches (as
     `VimConfig.cls_positions`): "middle" -> M // 2, "head" -> 0, "head_tail" -> 0 and M + 1."""
-    m = num_patches
-    return {"none": (), "head": (0,), "middle": (m // 2,), "head_tail": (0, m + 1)}[cls_token]
+    return class_token_positions(cls_token, num_patches)
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

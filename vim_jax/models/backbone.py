@@ -1,12 +1,16 @@
 """What the patch-token models (VisionMamba, DeiT) share: image checks, dropout keys, input
-dropout, and their blocks stacked and run under one scan."""
+dropout, and their blocks stacked and run under one scan (cut at the blocks whose outputs
+`forward_intermediates` returns)."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vim_jax.models import intermediates
 from vim_jax.models.layers import PatchEmbed
 
 
@@ -33,8 +37,9 @@ class PatchTokenModel(nnx.Module):
             return None
         return jax.random.split(self.dropout_rngs(), count)
 
-    def check_images(self, images):
-        """Raises a ValueError/TypeError naming what is wrong with `images` and what was expected."""
+    def check_images(self, images, any_size: bool = False):
+        """Raises a ValueError/TypeError naming what is wrong with `images` and what was expected
+        (`any_size`: any height and width of at least one patch, as `forward_intermediates` takes)."""
         cfg = self.cfg
         shape = getattr(images, "shape", None)
         expected = f"[batch, {cfg.img_size}, {cfg.img_size}, {cfg.in_chans}]"
@@ -44,7 +49,9 @@ class PatchTokenModel(nnx.Module):
             hint = " (channels-first input? transpose to [batch, height, width, channels])" \
                 if shape[1] == cfg.in_chans else ""
             raise ValueError(f"images have {shape[-1]} channels, expected {cfg.in_chans}: {expected}{hint}")
-        if shape[1] != cfg.img_size or shape[2] != cfg.img_size:
+        if any_size:
+            intermediates.grid_of(images, cfg.patch_size, cfg.stride)
+        elif shape[1] != cfg.img_size or shape[2] != cfg.img_size:
             raise ValueError(
                 f"image size {shape[1]}x{shape[2]} does not fit this model's patch grid, built for "
                 f"{cfg.img_size}x{cfg.img_size} ({cfg.grid_size[0]}x{cfg.grid_size[1]} patches of "
@@ -75,17 +82,22 @@ def stack_blocks(make_block, depth: int, rngs: nnx.Rngs) -> nnx.Module:
     return make(rngs)
 
 
-def scan_blocks(blocks: nnx.Module, step, carry, xs, *, remat: bool, group: int = 1):
+def scan_blocks(blocks: nnx.Module, step, carry, xs, *, remat: bool, group: int = 1,
+                stops: Sequence[int] = (), end: int | None = None):
     """`jax.lax.scan` over `blocks` (stacked on a leading axis by `nnx.vmap`), `group` at a time.
 
     `step(members, carry, x) -> (carry, y)` gets the group's blocks as a list of `group` modules
     and the matching slice of `xs` (leading axis `depth // group`). One traced block serves every
     layer, so compile time does not grow with depth; with `remat` each step is recomputed in the
-    backward pass (`jax.checkpoint`). Returns the final carry and the stacked `y`s.
+    backward pass (`jax.checkpoint`). The scan runs the first `end` groups (all by default) and is
+    cut after the group counts `stops`, so that the carry there can be read; without stops it is
+    one scan over every group. Returns the final carry, the stacked `y`s of the groups run and the
+    carry after each stop.
     """
     graphdef, state = nnx.split(blocks)
     depth = jax.tree.leaves(state)[0].shape[0]
-    grouped = jax.tree.map(lambda a: a.reshape(depth // group, group, *a.shape[1:]), state)
+    length = depth // group
+    grouped = jax.tree.map(lambda a: a.reshape(length, group, *a.shape[1:]), state)
 
     def body(carry, inputs):
         group_state, x = inputs
@@ -94,4 +106,17 @@ def scan_blocks(blocks: nnx.Module, step, carry, xs, *, remat: bool, group: int 
 
     if remat:
         body = jax.checkpoint(body)
-    return jax.lax.scan(body, carry, (grouped, xs))
+    end = length if end is None else end
+    if not 0 < end <= length or any(not 0 < s <= end for s in stops):
+        raise ValueError(f"scan stops {tuple(stops)} and end {end} must lie in 1..{length}, stops <= end")
+    at_stops, ys, start = [], [], 0
+    for stop in sorted({*stops, end}):
+        part = (grouped, xs) if (start, stop) == (0, length) else \
+            jax.tree.map(lambda a: a[start:stop], (grouped, xs))
+        carry, y = jax.lax.scan(body, carry, part)
+        ys.append(y)
+        if stop in stops:
+            at_stops.append(carry)
+        start = stop
+    ys = ys[0] if len(ys) == 1 else jax.tree.map(lambda *parts: jnp.concatenate(parts), *ys)
+    return carry, ys, at_stops

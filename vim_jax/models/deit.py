@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from vim_jax.config import DTYPES, PatchGrid
+from vim_jax.models import intermediates
 from vim_jax.models.backbone import PatchTokenModel, input_dropout, scan_blocks, stack_blocks
 from vim_jax.models.deit_keys import DEIT_KEYS
 from vim_jax.models.layers import Norm, drop_path, param, timm_trunc_normal, torch_linear_uniform
@@ -233,20 +234,50 @@ class DeiT(PatchTokenModel):
     def forward_features(self, images):
         """Images -> final-normed tokens `[batch, seq_len, embed_dim]`, float32."""
         self.check_images(images)
+        x, keys = self._embed(images, self.cfg.grid_size)
+        x, _ = self._run_blocks(x, keys)
+        return self.norm(x, jnp.float32)
+
+    def forward_intermediates(self, images, indices=None, norm: bool = False, output_fmt: str = "NHWC",
+                              intermediates_only: bool = False):
+        """The tokens of blocks `indices` as maps on the patch grid (timm's API), at any image size.
+
+        As `VisionMamba.forward_intermediates`: each block's output tokens (`norm=True`: after the
+        final LayerNorm), class token removed, `[batch, rows, cols, embed_dim]` float32 maps (or
+        "NCHW"); returns the maps alone or `(forward_features tokens, maps)`.
+        """
+        self.check_images(images, any_size=True)
+        cfg = self.cfg
+        chosen = intermediates.block_indices(indices, cfg.depth)
+        grid = intermediates.grid_of(images, cfg.patch_size, cfg.stride)
+        x, keys = self._embed(images, grid)
+        end = chosen[-1] + 1 if intermediates_only else cfg.depth
+        x, stops = self._run_blocks(x, keys, stops=tuple(i + 1 for i in chosen), end=end)
+        cls_rows = (0,) if cfg.num_cls_tokens else ()
+        maps = [intermediates.tokens_to_maps(self.norm(t, jnp.float32) if norm else t.astype(jnp.float32),
+                                             grid, cls_rows, output_fmt) for t in stops]
+        return maps if intermediates_only else (self.norm(x, jnp.float32), maps)
+
+    def _embed(self, images, grid):
+        """Patch tokens, class token, position embedding (resized to `grid` when it is not the
+        config's) and dropout -> (tokens in the residual dtype, dropout keys)."""
         cfg, dtype = self.cfg, self.cfg.compute_dtype
         stream_dtype = jnp.float32 if cfg.residual_in_fp32 else dtype
         x = self.patch_embed(images, dtype).astype(stream_dtype)
         if cfg.num_cls_tokens:
             cls = jnp.broadcast_to(self.cls_token[...].astype(stream_dtype), (x.shape[0], 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)
-        x = x + self.pos_embed[...].astype(stream_dtype)
+        cls_rows = (0,) if cfg.num_cls_tokens else ()
+        pos_embed = intermediates.resize_pos_embed_to_grid(self.pos_embed[...], cfg.grid_size, grid, cls_rows, cls_rows)
+        x = x + pos_embed.astype(stream_dtype)
         keys = self.dropout_keys(2 * cfg.depth + 1)
         x = input_dropout(x, cfg.drop_rate, None if keys is None else keys[-1])
-        x = self._run_blocks(x, keys)
-        return self.norm(x, jnp.float32)
+        return x, keys
 
-    def _run_blocks(self, x, keys):
-        """`lax.scan` over the stacked blocks; block i drops with rate linspace(0, rate, depth)[i]."""
+    def _run_blocks(self, x, keys, stops=(), end=None):
+        """`lax.scan` over the stacked blocks up to block `end` (all by default), split after the
+        block counts `stops`; block i drops with rate linspace(0, rate, depth)[i]. Returns the
+        final tokens and the tokens at each stop."""
         cfg = self.cfg
         deterministic = keys is None
         rates = np.linspace(0.0, cfg.drop_path_rate, cfg.depth).astype(np.float32)
@@ -257,8 +288,8 @@ class DeiT(PatchTokenModel):
             rate, key = xs
             return members[0](x, rate, key, deterministic), None
 
-        x, _ = scan_blocks(self.blocks, step, x, (rates, layer_keys), remat=cfg.remat)
-        return x
+        x, _, at_stops = scan_blocks(self.blocks, step, x, (rates, layer_keys), remat=cfg.remat, stops=stops, end=end)
+        return x, at_stops
 
     def forward_head(self, features, pre_logits: bool = False):
         """Pools `forward_features` output (class token, or the mean of the patch tokens) and

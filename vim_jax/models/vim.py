@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vim_jax.config import VimConfig
+from vim_jax.config import VimConfig, class_token_positions
+from vim_jax.models import intermediates, scan_orders
 from vim_jax.models.backbone import PatchTokenModel, input_dropout, scan_blocks, stack_blocks
 from vim_jax.models.layers import Norm, apply_rope, drop_path, param, rope_tables, timm_trunc_normal
 from vim_jax.models.mixer import VimMixer
@@ -71,35 +71,92 @@ class VisionMamba(PatchTokenModel):
             return jnp.concatenate([cls, x], axis=1)
         if cfg.cls_token == "head_tail":
             return jnp.concatenate([cls[:, :1], x, cls[:, 1:]], axis=1)
-        mid = cfg.num_patches // 2
+        mid = x.shape[1] // 2
         return jnp.concatenate([x[:, :mid], cls, x[:, mid:]], axis=1)
 
     def forward_features(self, images):
         """Images -> final-normed tokens `[batch, seq_len, embed_dim]`, float32."""
         self.check_images(images)
+        cfg = self.cfg
+        x, keys, rope = self._embed(images, cfg.grid_size)
+        residual, h, _ = self._run_blocks(x, jnp.zeros(x.shape, cfg.compute_dtype), keys, rope)
+        final_key = None if keys is None else keys[-2]
+        residual = residual + drop_path(h, cfg.drop_path_rate, final_key, keys is None).astype(x.dtype)
+        return self.norm_f(residual, jnp.float32)
+
+    def forward_intermediates(self, images, indices=None, norm: bool = False, output_fmt: str = "NHWC",
+                              intermediates_only: bool = False):
+        """The tokens of blocks `indices` as maps on the patch grid (timm's API), at any image size.
+
+        Args:
+          images: `[batch, height, width, in_chans]`, any height and width of at least one patch;
+            the position embedding is resized to their grid (class-token rows kept).
+          indices: block indices (negative from the end), an int n for the last n blocks, or None
+            for every block.
+          norm: False gives each block's mixer output, the feature the official segmentation
+            backbone reads; True gives `norm_f(residual + mixer output)`, the tokens
+            `forward_features` would return if the model ended at that block.
+          output_fmt: "NHWC" (`[batch, rows, cols, embed_dim]`) or "NCHW".
+          intermediates_only: return only the maps (and skip the blocks after the last index).
+        Returns:
+          A list of float32 maps, class tokens removed, or `(forward_features tokens, maps)`.
+        """
+        self.check_images(images, any_size=True)
+        cfg = self.cfg
+        chosen = intermediates.block_indices(indices, cfg.depth)
+        group = 2 if cfg.bidirectional_layers else 1
+        if any((i + 1) % group for i in chosen):
+            raise ValueError(f"bidirectional layers run blocks in pairs: indices must end a pair "
+                             f"(odd block indices), got {chosen}")
+        grid = intermediates.grid_of(images, cfg.patch_size, cfg.stride)
+        if grid != cfg.grid_size and not all(scan_orders.is_raster_family(o) for o in cfg.directions):
+            raise ValueError(f"scan orders {cfg.directions} are laid out on the {cfg.grid_size} grid: give "
+                             f"images of {cfg.img_size}x{cfg.img_size} or build the model for this size")
+        x, keys, rope = self._embed(images, grid)
+        last = chosen[-1] + 1 if intermediates_only else cfg.depth
+        residual, h, stops = self._run_blocks(x, jnp.zeros(x.shape, cfg.compute_dtype), keys, rope,
+                                              stops=tuple((i + 1) // group for i in chosen), end=last // group)
+        cls_rows = self._cls_positions(grid)
+        maps = [intermediates.tokens_to_maps(self.norm_f(r + o.astype(r.dtype), jnp.float32) if norm
+                                             else o.astype(jnp.float32), grid, cls_rows, output_fmt)
+                for r, o in stops]
+        if intermediates_only:
+            return maps
+        final_key = None if keys is None else keys[-2]
+        residual = residual + drop_path(h, cfg.drop_path_rate, final_key, keys is None).astype(x.dtype)
+        return self.norm_f(residual, jnp.float32), maps
+
+    def _cls_positions(self, grid):
+        return class_token_positions(self.cfg.cls_token, grid[0] * grid[1])
+
+    def _embed(self, images, grid):
+        """Patch tokens with class token(s), position embedding (resized to `grid` when it is not
+        the config's), dropout and RoPE -> (tokens in the residual dtype, dropout keys, RoPE)."""
         cfg, dtype = self.cfg, self.cfg.compute_dtype
         stream_dtype = jnp.float32 if cfg.residual_in_fp32 else dtype
         x = self._insert_cls_tokens(self.patch_embed(images, dtype).astype(stream_dtype))
         if cfg.abs_pos_embed:
-            x = x + self.pos_embed[...].astype(stream_dtype)
+            pos_embed = intermediates.resize_pos_embed_to_grid(
+                self.pos_embed[...], cfg.grid_size, grid, cfg.cls_positions, self._cls_positions(grid))
+            x = x + pos_embed.astype(stream_dtype)
         keys = self.dropout_keys(cfg.depth + 2)
         x = input_dropout(x, cfg.drop_rate, None if keys is None else keys[-1])
-        rope = self._rope() if cfg.rope else None
+        rope = self._rope(grid) if cfg.rope else None
         if rope is not None:
             x = apply_rope(x, *rope)
-        residual, h = self._run_blocks(x, jnp.zeros(x.shape, dtype), keys, rope)
-        final_key = None if keys is None else keys[-2]
-        residual = residual + drop_path(h, cfg.drop_path_rate, final_key, keys is None).astype(stream_dtype)
-        return self.norm_f(residual, jnp.float32)
+        return x, keys, rope
 
-    def _rope(self):
+    def _rope(self, grid):
         cfg = self.cfg
-        cos, sin = rope_tables(cfg.embed_dim, cfg.grid_size, cfg.rope_pt_grid)
-        patch_index = np.setdiff1d(np.arange(cfg.seq_len), np.asarray(cfg.cls_positions, np.int64))
+        cos, sin = rope_tables(cfg.embed_dim, grid, cfg.rope_pt_grid)
+        tokens = grid[0] * grid[1] + cfg.num_cls_tokens
+        patch_index = np.setdiff1d(np.arange(tokens), np.asarray(self._cls_positions(grid), np.int64))
         return cos, sin, patch_index
 
-    def _run_blocks(self, residual, h, keys, rope):
-        """`lax.scan` over the stacked blocks (pairs of blocks for bidirectional layers)."""
+    def _run_blocks(self, residual, h, keys, rope, stops=(), end=None):
+        """`lax.scan` over the stacked blocks (pairs of blocks for bidirectional layers), up to
+        group `end` (all by default), split at the group counts `stops`; returns the final
+        `(residual, h)` and the `(residual, h)` after each stop."""
         cfg = self.cfg
         deterministic = keys is None
         # Block i drops the output of block i-1 with rate linspace(0, drop_path_rate, depth)[i-1].
@@ -121,8 +178,9 @@ class VisionMamba(PatchTokenModel):
             return (sum(r for r, _ in outs), sum(o for _, o in outs)), None
 
         xs = (rates.reshape(-1, group), layer_keys.reshape(cfg.depth // group, group, *layer_keys.shape[1:]), first)
-        (residual, h), _ = scan_blocks(self.blocks, step, (residual, h), xs, remat=cfg.remat, group=group)
-        return residual, h
+        (residual, h), _, at_stops = scan_blocks(self.blocks, step, (residual, h), xs, remat=cfg.remat, group=group,
+                                                 stops=stops, end=end)
+        return residual, h, at_stops
 
     def forward_head(self, features, pre_logits: bool = False):
         """Pools `forward_features` output and applies the classifier (or returns the pooled

@@ -85,15 +85,30 @@ def weight_decay_mask(param_shapes: dict, logical_axes: dict, decay_A_log: bool 
     return jax.tree_util.tree_map_with_path(decide, param_shapes, logical_axes)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, decay_mask: dict) -> optax.GradientTransformation:
+def scale_by_tree(scales: dict) -> optax.GradientTransformation:
+    """Multiplies each update by its entry of `scales` (a float or a broadcastable array)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, decay_mask: dict,
+                   lr_scales: dict | None = None) -> optax.GradientTransformation:
     """AdamW's update *direction*: Adam's step plus decoupled weight decay (optionally after a
     global-norm clip), before the learning rate.
 
     The train step multiplies it by ``-learning_rate(step)``, which is PyTorch's AdamW
     (``p -= lr * (adam + weight_decay * p)``). The schedule reads the trainer's step, not the
     optimizer's update count, so skipped non-finite steps do not shift the schedule.
+    ``lr_scales`` (per-parameter factors, e.g. layer-wise decay) multiply the whole update, the
+    decoupled weight decay included, as a PyTorch parameter group's ``lr`` does.
     """
     parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
     parts += [optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
               optax.add_decayed_weights(optim.weight_decay, mask=decay_mask)]
+    if lr_scales is not None:
+        parts.append(scale_by_tree(lr_scales))
     return optax.chain(*parts)
