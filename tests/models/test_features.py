@@ -49,6 +49,7 @@ def test_stride_smaller_than_patch_gives_its_own_grid():
     assert model(images(1, 40))[0].shape == (1, 9, 9, 32)  # (40 - 8) // 4 + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls_token, pool", [("middle", "token"), ("head", "token"), ("head_tail", "token"),
                                              ("none", "mean")])
 def test_normed_maps_equal_the_plain_forward_of_the_first_blocks(cls_token, pool):
@@ -83,6 +84,7 @@ def test_unnormed_maps_are_the_mixer_outputs_of_a_block_by_block_loop_in_nhwc_or
     np.testing.assert_array_equal(np.asarray(nchw), np.asarray(maps[0]).transpose(0, 3, 1, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides", [("vim_test", {"cls_token": "middle"}),
                                              ("vim_test", {"cls_token": "head_tail"}),
                                              ("vim_test", {"rope": True, "rope_residual": True}),

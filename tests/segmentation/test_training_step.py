@@ -4,6 +4,8 @@ moving less."""
 
 from __future__ import annotations
 
+import pytest
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,6 +16,8 @@ import vim_jax
 from vim_jax.train.optim import make_optimizer
 from vim_jax.train.segmentation_loss import segmentation_loss
 from vim_jax.train.segmentation_optim import layer_decay_scales
+
+pytestmark = pytest.mark.slow  # six optimizer steps of a segmentor: half a minute
 
 
 def test_a_few_steps_fit_one_batch():
