@@ -13,6 +13,7 @@ from PIL import Image
 pytest.importorskip("tensorflow_datasets")
 
 from tests.data.conftest import FAKE_SPEC  # noqa: E402
+from tests.data.resume_checks import assert_resumes_with_identical_batches  # noqa: E402
 from vim_jax.data import imagenet  # noqa: E402
 from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vim_jax.data.device_ops import normalize  # noqa: E402
@@ -89,17 +90,7 @@ def test_eval_pipeline_matches_the_pil_transform_and_pads(fake_imagenet):
 def test_train_pipeline_resumes_with_identical_batches(fake_imagenet):
     data_dir, _ = fake_imagenet
     make = lambda: imagenet.imagenet_iterator(data_dir, "train", 6, seed=1, image_size=48)  # noqa: E731
-    uninterrupted = make()
-    next(uninterrupted), next(uninterrupted)
-    state = json.loads(json.dumps(uninterrupted.get_state()))  # what a checkpoint stores
-    expected = [next(uninterrupted) for _ in range(3)]  # crosses into epoch 1 (4 steps per epoch)
-    resumed = make()
-    resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
-    uninterrupted.close(), resumed.close()
+    assert_resumes_with_identical_batches(make, before=2, after=3)  # crosses into epoch 1 (4 steps per epoch)
 
 
 def test_hosts_read_disjoint_slices_that_make_the_single_host_batch(fake_imagenet):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
+from tests.data.resume_checks import assert_resumes_with_identical_batches
 from vim_jax.data import fashion_mnist as fm
 from vim_jax.data import seg_transforms as st
 from vim_jax.data.fmnist_scenes import FashionMnistScenes
@@ -37,16 +36,7 @@ def test_train_batches_are_augmented_crops_keyed_on_stream_position():
 
 def test_training_resumes_with_identical_batches():
     make = lambda: segmentation_iterator(scenes(), 4, train=True, seed=2, config=CONFIG)  # noqa: E731
-    uninterrupted = make()
-    next(uninterrupted), next(uninterrupted)
-    state = json.loads(json.dumps(uninterrupted.get_state()))
-    expected = [next(uninterrupted) for _ in range(2)]  # crosses into epoch 1 (2 steps per epoch)
-    resumed = make()
-    resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
+    assert_resumes_with_identical_batches(make, before=2, after=2)  # crosses into epoch 1 (2 steps per epoch)
 
 
 def test_hosts_read_slices_that_make_the_single_host_batch():
