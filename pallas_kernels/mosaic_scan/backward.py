@@ -1,0 +1,255 @@
+"""The backward kernel: one warpgroup per (direction, batch row, 128 channels), one channel per
+thread, states recomputed rather than stored.
+
+Pass 1 scans the sequence forwards and writes the state entering every chunk of `bwd_chunk`
+tokens to an HBM scratch output (each thread reads back only what it wrote itself, so no
+synchronisation is needed). Pass 2 walks the chunks last to first: it recomputes the chunk's
+states from its entry state, keeping them in registers, then runs the adjoint back through the
+chunk,
+
+    lam_t    = dy_t C_t + exp(delta_{t+1} A) lam_{t+1}      (per state, lam after the last = 0)
+    du_t     = delta_t (lam_t . B_t) + D dy_t
+    ddelta_t = [u_t (lam_t . B_t) + sum_n A_n s_t,n] softplus'(raw_t),   s_t = lam_t a_t h_{t-1}
+    dA      += delta_t s_t      dD += dy_t u_t      d bias += ddelta_t
+    dB_t     = sum_c lam_t delta_t u_t                dC_t = sum_c dy_t h_t
+
+with dy_t = scale dout_t silu(z_t) and dz_t = scale dout_t y_t silu'(z_t) for this direction's
+y_t = C_t . h_t + D u_t (two directions' dz add up in XLA). Per-channel sums (dA, dD, d bias)
+stay in registers until the end. dB and dC are sums over the channels, i.e. over the threads:
+each thread writes its chunk's 2 N terms per token as one row of a shared-memory tile
+`[rows, 129]` (row = token x term, column = thread), and after a barrier each thread sums whole
+rows by reading them column by column (the row pitch of 129 words puts the 32 lanes of a warp in
+32 banks). One partial per channel block leaves the kernel; XLA adds them up.
+
+Inputs are read straight from global memory, token by token (one coalesced row of 128 channels,
+and B_t, C_t as scalars every thread loads at one address), and outputs written the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.mosaic_scan import scan_math
+from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, SMEM_BYTES, Static
+from pallas_kernels.mosaic_scan.forward import _interpreter
+
+F32 = jnp.float32
+W = CHANNELS_PER_CTA
+LN2 = math.log(2.0)
+SUM_UNROLL = 8  # columns added per iteration of the channel-sum loop
+
+
+def reduction_rows(chunk: int, state: int) -> int:
+    """Rows of the channel-sum tile: 2 N terms per token of a chunk, rounded up to whole
+    thread counts (each thread sums rows i, i + 128, ...)."""
+    return -(-chunk * 2 * state // W) * W
+
+
+def supported(state: int, static: Static) -> bool:
+    """Whether the kernel can run this call (else the VJP falls back to another backend's)."""
+    fits = reduction_rows(static.cfg.bwd_chunk, state) * (W + 1) * 4 <= SMEM_BYTES
+    return static.cfg.mosaic_backward and fits and static.revs in ((False,), (True,), (False, True))
+
+
+def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
+    """Gradients of one Mosaic scan call with respect to its kernel-side operands.
+
+    Args:
+      u, delta: [ndir, batch, length, channels_pad] (channels_pad a multiple of 128).
+      z: [batch, length, channels_pad] or None; dout: [batch, length, channels_pad].
+      bc: [ndir, batch, length, 2 * state_pad] float32, B in columns [0, state) and C in
+        [state_pad, state_pad + state) (the forward's operand).
+      params: [ndir, state + 2, channels_pad] float32: `A * log2(e)` (transposed), D, delta_bias.
+
+    Returns:
+      du, ddelta [ndir, batch, length, channels_pad] in u's and delta's dtypes; dz
+      [batch, length, channels_pad] float32 (both directions' terms added) or None;
+      [dB | dC] [ndir, batch, length, 2 * state] float32; [dA; dD; d delta_bias]
+      [ndir, state + 2, channels_pad] float32 (dA with respect to A itself, not A * log2(e)).
+    """
+    ndir, batch, length, channels = u.shape
+    cfg = static.cfg
+    chunk = min(cfg.bwd_chunk, length)
+    n_chunks = -(-length // chunk)
+    rows = reduction_rows(chunk, state)
+    cblocks = channels // W
+    act = lambda dtype: jax.ShapeDtypeStruct((ndir, batch, length, channels), dtype)
+    out_type = [act(u.dtype), act(delta.dtype)]
+    if static.has_z:
+        out_type.append(act(F32))
+    out_type += [jax.ShapeDtypeStruct((ndir, cblocks, batch, n_chunks, rows), F32),
+                 jax.ShapeDtypeStruct((ndir, batch, state + 2, channels), F32),
+                 # scratch: the state entering every chunk (pass 1 writes, pass 2 reads)
+                 jax.ShapeDtypeStruct((ndir, batch, n_chunks, state, channels), F32)]
+    body = functools.partial(_kernel, static=static, state=state, state_pad=bc.shape[-1] // 2,
+                             chunk=chunk, n_chunks=n_chunks, rows=rows)
+    kernel = plgpu.kernel(
+        body,
+        out_type=tuple(out_type),
+        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32)),
+        grid=(ndir, batch, cblocks),
+        grid_names=("dir", "batch", "cblock"),
+        compiler_params=plgpu.CompilerParams(
+            approx_math=cfg.approx_math and not static.interpret,
+            # Every thread touches only its own column of `red` except in the channel sums,
+            # which have their barriers (`commit_smem`) on both sides.
+            unsafe_no_auto_barriers=True,
+            lowering_semantics=plgpu.LoweringSemantics.Lane),
+        interpret=_interpreter() if static.interpret else None,
+    )
+    args = [u, delta] + ([z] if static.has_z else []) + [dout, bc, params]
+    outs = list(kernel(*args))
+    du, dd = outs.pop(0), outs.pop(0)
+    dz = outs.pop(0).sum(0) if static.has_z else None
+    dbc, dp, _ = outs
+    # Rows back to tokens: chunk-major scan positions, the ragged end cut, reversed scans flipped.
+    terms = dbc.sum(1)[..., :chunk * 2 * state].reshape(ndir, batch, n_chunks * chunk, 2 * state)
+    terms = jnp.stack([terms[i, :, length - 1::-1] if rev else terms[i, :, :length]
+                       for i, rev in enumerate(static.revs)])
+    return du, dd, dz, terms, dp.sum(1)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + jnp.exp(-x))
+
+
+def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red):
+    refs = list(refs)
+    u_g, d_g = refs.pop(0), refs.pop(0)
+    z_g = refs.pop(0) if static.has_z else None
+    dout_g, bc_g, p_g = refs.pop(0), refs.pop(0), refs.pop(0)
+    du_g, dd_g = refs.pop(0), refs.pop(0)
+    dz_g = refs.pop(0) if static.has_z else None
+    dbc_g, dp_g, ck_g = refs
+    length = u_g.shape[2]
+    S = state
+    k = jax.lax.axis_index("dir")
+    b = jax.lax.axis_index("batch")
+    cb = jax.lax.axis_index("cblock")
+    cols = pl.ds(cb * W, W)
+    A2 = [p_g[k, n, cols] for n in range(S)]
+    D = p_g[k, S, cols]
+    bias = p_g[k, S + 1, cols]
+    zero = D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
+
+    def token(p):
+        """Token index of scan position p (direction 1 of a pair scans last to first)."""
+        if len(static.revs) == 2:
+            return p + k * (length - 1 - 2 * p)
+        return length - 1 - p if static.revs[0] else p
+
+    def inputs(p):
+        t = token(p)
+        raw = d_g[k, b, t, cols].astype(F32) + bias
+        v = dict(t=t, u=u_g[k, b, t, cols].astype(F32), dout=dout_g[b, t, cols].astype(F32) * static.scale)
+        if static.delta_softplus:
+            v["dt"], v["dgrad"] = scan_math.softplus(raw), _sigmoid(raw)
+        else:
+            v["dt"], v["dgrad"] = raw, None
+        v["dy"] = v["dout"]
+        if static.has_z:
+            zz = z_g[b, t, cols].astype(F32)
+            sig = _sigmoid(zz)
+            v["dy"] = v["dout"] * zz * sig
+            v["dsilu"] = sig * (1.0 + zz * (1.0 - sig))
+        return v
+
+    B_of = lambda t: [bc_g[k, b, t, n] for n in range(S)]
+    C_of = lambda t: [bc_g[k, b, t, state_pad + n] for n in range(S)]
+
+    def advance(h, v, Bt):
+        """(h_t, a_t) from h_{t-1}."""
+        a = [jnp.exp2(v["dt"] * A2[n]) for n in range(S)]
+        dtu = v["dt"] * v["u"]
+        return [a[n] * h[n] + dtu * Bt[n] for n in range(S)], a
+
+    # Pass 1: the state entering every chunk. Only the last chunk in scan order can be ragged,
+    # and its own steps are not needed here.
+    def save_entry(c, h):
+        for n in range(S):
+            ck_g[k, b, c, n, cols] = h[n]
+
+    def entry_chunk(c, h):
+        save_entry(c, h)
+        for j in range(chunk):
+            v = inputs(c * chunk + j)
+            h, _ = advance(h, v, B_of(v["t"]))
+        return h
+
+    h = jax.lax.fori_loop(0, n_chunks - 1, entry_chunk, [zero] * S)
+    save_entry(n_chunks - 1, h)
+
+    # Pass 2: chunks last to first.
+    def chunk_back(c, steps, carry):
+        lam, dA, dD, db = carry
+        h = [ck_g[k, b, c, n, cols] for n in range(S)]
+        vs, h_before = [], []
+        for j in range(steps):  # recompute the chunk: states, dz, dC terms
+            v = inputs(c * chunk + j)
+            Ct = C_of(v["t"])
+            h_before.append(h)
+            h, _ = advance(h, v, B_of(v["t"]))
+            if static.has_z:
+                y = D * v["u"]
+                for n in range(S):
+                    y = y + h[n] * Ct[n]
+                dz_g[k, b, v["t"], cols] = v["dout"] * y * v["dsilu"]
+            for n in range(S):
+                red[j * 2 * S + S + n, pl.ds(0, W)] = v["dy"] * h[n]
+            vs.append(v)
+        for j in reversed(range(steps)):  # the adjoint back through it
+            v = vs[j]
+            t, dt, uu, dy = v["t"], v["dt"], v["u"], v["dy"]
+            Bt, Ct = B_of(t), C_of(t)
+            a = [jnp.exp2(dt * A2[n]) for n in range(S)]
+            lam = [lam[n] + dy * Ct[n] for n in range(S)]
+            s = [lam[n] * a[n] * h_before[j][n] for n in range(S)]
+            lam_B, s_A = zero, zero
+            for n in range(S):
+                lam_B = lam_B + lam[n] * Bt[n]
+                s_A = s_A + s[n] * A2[n]
+            du_g[k, b, t, cols] = (dt * lam_B + D * dy).astype(du_g.dtype)
+            ddt = uu * lam_B + s_A * LN2
+            dd = ddt * v["dgrad"] if v["dgrad"] is not None else ddt
+            dd_g[k, b, t, cols] = dd.astype(dd_g.dtype)
+            dtu = dt * uu
+            for n in range(S):
+                red[j * 2 * S + n, pl.ds(0, W)] = lam[n] * dtu
+            dA = [dA[n] + s[n] * dt for n in range(S)]
+            dD = dD + dy * uu
+            db = db + dd
+            lam = [a[n] * lam[n] for n in range(S)]
+        _channel_sums(red, rows, dbc_g.at[k, cb, b, c], zero)
+        return lam, dA, dD, db
+
+    tail = length - (n_chunks - 1) * chunk
+    carry = ([zero] * S, [zero] * S, zero, zero)
+    carry = chunk_back(n_chunks - 1, tail, carry)
+    carry = jax.lax.fori_loop(0, n_chunks - 1, lambda i, cr: chunk_back(n_chunks - 2 - i, chunk, cr), carry)
+    _, dA, dD, db = carry
+    for n in range(S):
+        dp_g[k, b, n, cols] = dA[n]
+    dp_g[k, b, S, cols] = dD
+    dp_g[k, b, S + 1, cols] = db
+
+
+def _channel_sums(red, rows, out, zero):
+    """out[r] = sum over the columns of row r of `red`, for every row r (thread i sums rows
+    i, i + 128, ...)."""
+    plgpu.commit_smem()  # every thread's rows are written (a warpgroup barrier)
+    for q in range(rows // W):
+        block = pl.ds(q * W, W)
+
+        def add(g, acc):
+            for i in range(SUM_UNROLL):
+                acc = acc + red[block, g * SUM_UNROLL + i]
+            return acc
+
+        out[block] = jax.lax.fori_loop(0, W // SUM_UNROLL, add, zero)
+    plgpu.commit_smem()  # every thread has read them before the next chunk overwrites them
