@@ -53,7 +53,9 @@ def reduction_rows(chunk: int, state: int) -> int:
 
 def supported(state: int, static: Static) -> bool:
     """Whether the kernel can run this call (else the VJP falls back to another backend's)."""
-    fits = reduction_rows(static.cfg.bwd_chunk, state) * (W + 1) * 4 <= SMEM_BYTES
+    cfg = static.cfg
+    smem = (reduction_rows(cfg.bwd_chunk, state) * (W + 1) + cfg.ckpt_chunks * state * W) * 4
+    fits = smem <= SMEM_BYTES
     return static.cfg.mosaic_backward and fits and static.revs in ((False,), (True,), (False, True))
 
 
@@ -78,21 +80,23 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
     chunk = min(cfg.bwd_chunk, length)
     n_chunks = -(-length // chunk)
     rows = reduction_rows(chunk, state)
+    ckpt = min(cfg.ckpt_chunks, n_chunks)
+    n_segs = -(-n_chunks // ckpt)
     cblocks = channels // W
     act = lambda dtype: jax.ShapeDtypeStruct((ndir, batch, length, channels), dtype)
     out_type = [act(u.dtype), act(delta.dtype)]
-    if static.has_z:
-        out_type.append(act(F32))
+    if static.has_z:  # two directions' terms are added in XLA, so in float32
+        out_type.append(act(z.dtype if ndir == 1 else F32))
     out_type += [jax.ShapeDtypeStruct((ndir, cblocks, batch, n_chunks, rows), F32),
                  jax.ShapeDtypeStruct((ndir, batch, state + 2, channels), F32),
-                 # scratch: the state entering every chunk (pass 1 writes, pass 2 reads)
-                 jax.ShapeDtypeStruct((ndir, batch, n_chunks, state, channels), F32)]
+                 # scratch: the state entering every segment (pass 1 writes, pass 2 reads)
+                 jax.ShapeDtypeStruct((ndir, batch, n_segs, state, channels), F32)]
     body = functools.partial(_kernel, static=static, state=state, state_pad=bc.shape[-1] // 2,
                              chunk=chunk, n_chunks=n_chunks, rows=rows)
     kernel = plgpu.kernel(
         body,
         out_type=tuple(out_type),
-        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32)),
+        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32), entries=plgpu.SMEM((ckpt, state, W), F32)),
         grid=(ndir, batch, cblocks),
         grid_names=("dir", "batch", "cblock"),
         compiler_params=plgpu.CompilerParams(
@@ -106,7 +110,7 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
     args = [u, delta] + ([z] if static.has_z else []) + [dout, bc, params]
     outs = list(kernel(*args))
     du, dd = outs.pop(0), outs.pop(0)
-    dz = outs.pop(0).sum(0) if static.has_z else None
+    dz = outs.pop(0).sum(0, dtype=F32) if static.has_z else None
     dbc, dp, _ = outs
     # Rows back to tokens: chunk-major scan positions, the ragged end cut, reversed scans flipped.
     terms = dbc.sum(1)[..., :chunk * 2 * state].reshape(ndir, batch, n_chunks * chunk, 2 * state)
@@ -119,7 +123,7 @@ def _sigmoid(x):
     return 1.0 / (1.0 + jnp.exp(-x))
 
 
-def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red):
+def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red, entries):
     refs = list(refs)
     u_g, d_g = refs.pop(0), refs.pop(0)
     z_g = refs.pop(0) if static.has_z else None
@@ -129,6 +133,8 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red)
     dbc_g, dp_g, ck_g = refs
     length = u_g.shape[2]
     S = state
+    K = entries.shape[0]  # chunks per segment
+    n_segs = -(-n_chunks // K)
     k = jax.lax.axis_index("dir")
     b = jax.lax.axis_index("batch")
     cb = jax.lax.axis_index("cblock")
@@ -169,29 +175,32 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red)
         dtu = v["dt"] * v["u"]
         return [a[n] * h[n] + dtu * Bt[n] for n in range(S)], a
 
-    # Pass 1: the state entering every chunk. Only the last chunk in scan order can be ragged,
-    # and its own steps are not needed here.
-    def save_entry(c, h):
-        for n in range(S):
-            ck_g[k, b, c, n, cols] = h[n]
-
-    def entry_chunk(c, h):
-        save_entry(c, h)
+    # Pass 1: the state entering every segment of `ckpt_chunks` chunks (HBM). Only the last
+    # chunk in scan order can be ragged, and the last segment's own steps are not needed here.
+    def run_chunk(c, h):
         for j in range(chunk):
             v = inputs(c * chunk + j)
             h, _ = advance(h, v, B_of(v["t"]))
         return h
 
-    h = jax.lax.fori_loop(0, n_chunks - 1, entry_chunk, [zero] * S)
-    save_entry(n_chunks - 1, h)
+    def save_entry(g, h):
+        for n in range(S):
+            ck_g[k, b, g, n, cols] = h[n]
 
-    # Pass 2: chunks last to first.
-    def chunk_back(c, steps, carry):
+    def entry_segment(g, h):
+        save_entry(g, h)
+        return jax.lax.fori_loop(g * K, (g + 1) * K, run_chunk, h)
+
+    h = jax.lax.fori_loop(0, n_segs - 1, entry_segment, [zero] * S)
+    save_entry(n_segs - 1, h)
+
+    # Pass 2: segments last to first; in each, the chunks' entry states go to shared memory
+    # (each thread its own column), then the chunks are walked last to first.
+    def chunk_back(c, steps, h, carry):
         lam, dA, dD, db = carry
-        h = [ck_g[k, b, c, n, cols] for n in range(S)]
-        vs, h_before = [], []
-        for j in range(steps):  # recompute the chunk: states, dz, dC terms
-            v = inputs(c * chunk + j)
+        vs = [inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
+        h_before = []
+        for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms
             Ct = C_of(v["t"])
             h_before.append(h)
             h, _ = advance(h, v, B_of(v["t"]))
@@ -199,10 +208,9 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red)
                 y = D * v["u"]
                 for n in range(S):
                     y = y + h[n] * Ct[n]
-                dz_g[k, b, v["t"], cols] = v["dout"] * y * v["dsilu"]
+                dz_g[k, b, v["t"], cols] = (v["dout"] * y * v["dsilu"]).astype(dz_g.dtype)
             for n in range(S):
                 red[j * 2 * S + S + n, pl.ds(0, W)] = v["dy"] * h[n]
-            vs.append(v)
         for j in reversed(range(steps)):  # the adjoint back through it
             v = vs[j]
             t, dt, uu, dy = v["t"], v["dt"], v["u"], v["dy"]
@@ -228,10 +236,29 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red)
         _channel_sums(red, rows, dbc_g.at[k, cb, b, c], zero)
         return lam, dA, dD, db
 
-    tail = length - (n_chunks - 1) * chunk
+    def segment_back(g, n_ch, last_steps, carry):
+        """Segment g of n_ch chunks, the last of which has last_steps steps (all static)."""
+        def put(i, h):
+            for n in range(S):
+                entries[i, n, pl.ds(0, W)] = h[n]
+
+        def entry(i, h):
+            h = run_chunk(g * K + i, h)
+            put(i + 1, h)
+            return h
+
+        h = [ck_g[k, b, g, n, cols] for n in range(S)]
+        put(0, h)
+        jax.lax.fori_loop(0, n_ch - 1, entry, h)
+        back = lambda i, steps, cr: chunk_back(g * K + i, steps, [entries[i, n, pl.ds(0, W)] for n in range(S)], cr)
+        full = n_ch if last_steps == chunk else n_ch - 1
+        if full < n_ch:
+            carry = back(n_ch - 1, last_steps, carry)
+        return jax.lax.fori_loop(0, full, lambda i, cr: back(full - 1 - i, chunk, cr), carry)
+
     carry = ([zero] * S, [zero] * S, zero, zero)
-    carry = chunk_back(n_chunks - 1, tail, carry)
-    carry = jax.lax.fori_loop(0, n_chunks - 1, lambda i, cr: chunk_back(n_chunks - 2 - i, chunk, cr), carry)
+    carry = segment_back(n_segs - 1, n_chunks - (n_segs - 1) * K, length - (n_chunks - 1) * chunk, carry)
+    carry = jax.lax.fori_loop(0, n_segs - 1, lambda i, cr: segment_back(n_segs - 2 - i, K, chunk, cr), carry)
     _, dA, dD, db = carry
     for n in range(S):
         dp_g[k, b, n, cols] = dA[n]

@@ -29,6 +29,9 @@ class MosaicScanConfig:
     bwd_chunk: tokens per chunk of the backward: their states stay in registers
       (16 x bwd_chunk per thread at N = 16), and their dB, dC terms are summed over the
       channels together (`2 N bwd_chunk` rows of shared memory, rounded up to 128).
+    ckpt_chunks: chunks per segment of the backward: the state entering each segment is kept in
+      HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
+      every chunk's in HBM (more traffic, one pass of exponentials less).
     """
 
     tile: int = 16
@@ -38,10 +41,11 @@ class MosaicScanConfig:
     park_in_output_dtype: bool = False
     mosaic_backward: bool = True
     bwd_chunk: int = 4
+    ckpt_chunks: int = 4
 
     def __post_init__(self):
-        if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1:
-            raise ValueError(f"MosaicScanConfig: tile, stages and bwd_chunk must be positive, got {self}")
+        if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
+            raise ValueError(f"MosaicScanConfig: tile, stages, bwd_chunk and ckpt_chunks must be positive, got {self}")
 
 
 @dataclasses.dataclass(frozen=True)

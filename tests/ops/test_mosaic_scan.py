@@ -56,13 +56,16 @@ def _gradients_match(inputs, backend, reverse=False, bidirectional=False, wrt=AR
         assert rel_err(got[name], ref_g[name]) < tol, name
 
 
-@pytest.mark.parametrize("bwd_chunk,reverse", [(1, False), (3, True), (4, False), (16, True)])
-def test_backward_chunks_give_the_same_gradients(bwd_chunk, reverse):
-    """Chunks of 1 to 16 tokens over 9 (ragged last chunks of 1 and 3 tokens, one chunk longer than
-    the sequence), both scan orders, an odd state count."""
+@pytest.mark.parametrize("bwd_chunk,ckpt_chunks,reverse",
+                         [pytest.param(1, 4, False, marks=pytest.mark.slow),  # 9 channel sums: ~40 s
+                          (2, 3, True), (4, 2, False), (3, 1, True), (16, 4, True)])
+def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_chunks, reverse):
+    """Chunks of 1 to 16 tokens over 9, segments of 1 to 4 chunks: ragged last chunks (of 1 and 3
+    tokens) alone in the last segment or behind full ones, a ragged last segment, one chunk
+    longer than the sequence; both scan orders, an odd state count."""
     inputs = random_scan_inputs(90 + bwd_chunk, 1, 9, 7, 3)
-    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, bwd_chunk=bwd_chunk), interpret=True)
-    _gradients_match(inputs, backend, reverse)
+    config = ms.MosaicScanConfig(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks)
+    _gradients_match(inputs, ms.MosaicScan(config, interpret=True), reverse)
 
 
 def test_backward_over_two_channel_blocks_and_batch_rows():
