@@ -51,12 +51,14 @@ def reduction_rows(chunk: int, state: int) -> int:
     return -(-chunk * 2 * state // W) * W
 
 
-def supported(state: int, static: Static) -> bool:
-    """Whether the kernel can run this call (else the VJP falls back to another backend's)."""
+def supported(u_shape, state: int, static: Static) -> bool:
+    """Whether the kernel should run this call, u being [ndir, batch, length, channels] (else the
+    VJP falls back to another backend's)."""
     cfg = static.cfg
+    ndir, batch, _, channels = u_shape
+    ctas = ndir * batch * -(-channels // W)
     smem = (reduction_rows(cfg.bwd_chunk, state) * (W + 1) + cfg.ckpt_chunks * state * W) * 4
-    fits = smem <= SMEM_BYTES
-    return static.cfg.mosaic_backward and fits and static.revs in ((False,), (True,), (False, True))
+    return cfg.mosaic_backward and ctas >= cfg.bwd_min_ctas and smem <= SMEM_BYTES
 
 
 def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):

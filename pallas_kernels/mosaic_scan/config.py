@@ -32,6 +32,9 @@ class MosaicScanConfig:
     ckpt_chunks: chunks per segment of the backward: the state entering each segment is kept in
       HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
       every chunk's in HBM (more traffic, one pass of exponentials less).
+    bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
+      runs; below, the fallback's backward does. One CTA scans a whole sequence, so few CTAs
+      over long sequences leave most SMs idle, where the Triton kernels split the sequence.
     """
 
     tile: int = 16
@@ -42,6 +45,7 @@ class MosaicScanConfig:
     mosaic_backward: bool = True
     bwd_chunk: int = 4
     ckpt_chunks: int = 4
+    bwd_min_ctas: int = 128
 
     def __post_init__(self):
         if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:

@@ -2,9 +2,9 @@
 
 Under differentiation the forward rule runs the Mosaic forward and keeps only the inputs; the
 backward rule runs the Mosaic backward kernel (`backward.py`, which recomputes the states) and
-adds up its partial sums. Where that kernel cannot run (`backward.supported`: switched off by
-`MosaicScanConfig(mosaic_backward=False)`, or a state too large for its shared memory), the
-forward rule runs the same call through the "pallas" backend (the Triton kernels) or through
+adds up its partial sums. Where that kernel should not run (`backward.supported`: switched off by
+`MosaicScanConfig(mosaic_backward=False)`, fewer CTAs than `bwd_min_ctas`, or a state too large
+for its shared memory), the forward rule runs the same call through the "pallas" backend (the Triton kernels) or through
 "reference" where those cannot run (on CPU, interpreted), and the backward is that call's VJP.
 
 Two directions whose parked output does not fit in shared memory (`Static.fused` False) run as two
@@ -100,7 +100,7 @@ def _through_backend(u, delta, A, B, C, D, z, bias, static):
 
 
 def _fwd_rule(u, delta, A, B, C, D, z, bias, static):
-    if backward.supported(A.shape[-1], static):
+    if backward.supported(u.shape, A.shape[-1], static):
         return _forward(u, delta, A, B, C, D, z, bias, static), (u, delta, A, B, C, D, z, bias)
     # The residuals are the fallback's own (its VJP closure, a pytree of arrays).
     out, fallback_vjp = jax.vjp(functools.partial(_through_backend, static=static),

@@ -20,7 +20,12 @@ from tests.ops.scan_test_base import (ARG_NAMES, SelectiveScanTestBase, _evaluat
 from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 
-INTERPRETED = ms.MosaicScan(interpret=True)
+def interpreted(**config):
+    """The interpreted backend; its backward runs whatever the (tiny) number of CTAs."""
+    return ms.MosaicScan(ms.MosaicScanConfig(**{"bwd_min_ctas": 0, **config}), interpret=True)
+
+
+INTERPRETED = interpreted()
 
 
 @pytest.mark.slow  # the interpreter runs every op of every thread: minutes for the shared base
@@ -64,20 +69,19 @@ def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_ch
     tokens) alone in the last segment or behind full ones, a ragged last segment, one chunk
     longer than the sequence; both scan orders, an odd state count."""
     inputs = random_scan_inputs(90 + bwd_chunk, 1, 9, 7, 3)
-    config = ms.MosaicScanConfig(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks)
-    _gradients_match(inputs, ms.MosaicScan(config, interpret=True), reverse)
+    _gradients_match(inputs, interpreted(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks), reverse)
 
 
 def test_backward_over_two_channel_blocks_and_batch_rows():
     """130 channels (two CTAs, the second nearly all padding) and two batch rows: the partial sums
     of dB, dC (over channel blocks) and of dA, dD, d delta_bias (over batch rows)."""
     inputs = random_scan_inputs(95, 2, 4, 130, 2)
-    _gradients_match(inputs, ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True), reverse=True)
+    _gradients_match(inputs, interpreted(tile=4), reverse=True)
 
 
 def test_fused_bidirectional_backward():
     inputs = random_scan_inputs(96, 1, 5, 5, 2, lead=(2,))
-    _gradients_match(inputs, ms.MosaicScan(ms.MosaicScanConfig(tile=4, bwd_chunk=2), interpret=True),
+    _gradients_match(inputs, interpreted(tile=4, bwd_chunk=2),
                      bidirectional=True)
 
 
@@ -93,7 +97,7 @@ def test_backward_without_optional_arguments():
                                              delta_softplus=False, backend=backend) ** 2))(
             {k: jnp.asarray(bare[k], dtype) for k in wrt})
         ref = f("reference", jnp.float64)
-    got = f(ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True), jnp.float32)
+    got = f(interpreted(tile=4), jnp.float32)
     for name in wrt:
         assert rel_err(got[name], ref[name]) < 1e-4, name
 
@@ -101,24 +105,38 @@ def test_backward_without_optional_arguments():
 def test_bfloat16_gradients():
     inputs = random_scan_inputs(98, 1, 9, 7, 4)
     rounded = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in inputs.items()}
-    _gradients_match(rounded, ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True),
+    _gradients_match(rounded, interpreted(tile=4),
                      dtype=jnp.bfloat16, tol=2e-2)
 
 
-def test_switched_off_backward_runs_the_fallback(monkeypatch):
-    """`mosaic_backward=False`: the differentiated call is the fallback's (the Mosaic backward is
-    never traced), with the same gradients."""
+@pytest.fixture
+def backward_traces(monkeypatch):
+    """A list that gets an entry each time the Mosaic backward kernel is traced."""
     from pallas_kernels.mosaic_scan import backward
 
     traced = []
     real = backward.scan_backward
     monkeypatch.setattr(backward, "scan_backward", lambda *a, **k: traced.append(1) or real(*a, **k))
+    return traced
+
+
+def test_switched_off_backward_runs_the_fallback(backward_traces):
+    """`mosaic_backward=False`: the differentiated call is the fallback's, with the same gradients."""
     inputs = random_scan_inputs(99, 1, 5, 3, 2)
-    _gradients_match(inputs, ms.MosaicScan(ms.MosaicScanConfig(tile=4, mosaic_backward=False), interpret=True),
-                     wrt=("u", "A", "B"))
-    assert not traced
-    _gradients_match(inputs, ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True), wrt=("u", "A", "B"))
-    assert traced
+    _gradients_match(inputs, interpreted(tile=4, mosaic_backward=False), wrt=("u", "A", "B"))
+    assert not backward_traces
+    _gradients_match(inputs, interpreted(tile=4), wrt=("u", "A", "B"))
+    assert backward_traces
+
+
+def test_few_ctas_take_the_fallback_backward(backward_traces):
+    """Below `bwd_min_ctas` CTAs (here 2: two batch rows of one channel block) the backward is
+    the fallback's."""
+    inputs = random_scan_inputs(100, 2, 5, 3, 2)
+    _gradients_match(inputs, interpreted(tile=4, bwd_min_ctas=3), wrt=("u", "B"))
+    assert not backward_traces
+    _gradients_match(inputs, interpreted(tile=4, bwd_min_ctas=2), wrt=("u", "B"))
+    assert backward_traces
 
 
 def test_single_token():
@@ -165,7 +183,7 @@ def test_preferred_first_on_gpus_only():
 
 
 def test_options_are_fields_of_a_hashable_backend():
-    a = ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True)
-    assert a == ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True) and hash(a) == hash(
-        ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True))
+    a = interpreted(tile=4)
+    assert a == interpreted(tile=4) and hash(a) == hash(
+        interpreted(tile=4))
     assert a != ms.MosaicScan(ms.MosaicScanConfig(tile=8), interpret=True)
