@@ -33,7 +33,9 @@ import bench_models
 HERE = Path(__file__).resolve().parent
 
 KINDS = (  # first match wins; names are lower-cased
-    ("selective scan (pallas)", ("selective_scan",)),
+    # Pallas Triton kernels carry their function's name; Mosaic GPU kernels are all anonymous,
+    # and the scan is the only one the models launch.
+    ("selective scan", ("selective_scan", "mosaic_gpu")),
     ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "dot", "matmul")),
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("convolution", ("convolution",)),
@@ -111,7 +113,8 @@ def profile_job(job: bench_models.Job, calls: int, top: int) -> dict:
         with gzip.open(path) as f:
             trace = json.load(f)
     events = device_events(trace)
-    sources = fusion_sources(compiled.as_text())
+    # GPU kernels are named after their HLO instruction with "." spelled "_".
+    sources = {name.replace(".", "_"): src for name, src in fusion_sources(compiled.as_text()).items()}
     by_name: dict[str, list[float]] = defaultdict(list)
     hlo_op = {}  # GPU kernel events name their HLO instruction in args
     for e in events:
@@ -123,7 +126,7 @@ def profile_job(job: bench_models.Job, calls: int, top: int) -> dict:
         kinds[kind_of(name)] += sum(durs) / calls
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
     kernels = [{"name": name, "kind": kind_of(name), "ms_per_call": sum(durs) / calls,
-                "launches_per_call": len(durs) / calls, "source": sources.get(hlo_op[name], "")}
+                "launches_per_call": len(durs) / calls, "source": sources.get(hlo_op[name].replace(".", "_"), "")}
                for name, durs in ranked[:top]]
     return {"job": {"model": job.model, "img_size": job.img_size, "batch": job.batch, "train": job.train,
                     "overrides": dict(job.overrides)},
