@@ -152,15 +152,17 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
             return p + k * (length - 1 - 2 * p)
         return length - 1 - p if static.revs[0] else p
 
-    def inputs(p):
+    def inputs(p, adjoint=True):
+        """Scan position p's token and per-channel values (only those of the state's recurrence
+        unless `adjoint`)."""
         t = token(p)
         raw = d_g[k, b, t, cols].astype(F32) + bias
-        v = dict(t=t, u=u_g[k, b, t, cols].astype(F32), dout=dout_g[b, t, cols].astype(F32) * static.scale)
-        if static.delta_softplus:
-            v["dt"], v["dgrad"] = scan_math.softplus(raw), _sigmoid(raw)
-        else:
-            v["dt"], v["dgrad"] = raw, None
-        v["dy"] = v["dout"]
+        v = dict(t=t, u=u_g[k, b, t, cols].astype(F32))
+        v["dt"] = scan_math.softplus(raw) if static.delta_softplus else raw
+        if not adjoint:
+            return v
+        v["dgrad"] = _sigmoid(raw) if static.delta_softplus else None
+        v["dout"] = v["dy"] = dout_g[b, t, cols].astype(F32) * static.scale
         if static.has_z:
             zz = z_g[b, t, cols].astype(F32)
             sig = _sigmoid(zz)
@@ -172,17 +174,16 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
     C_of = lambda t: [bc_g[k, b, t, state_pad + n] for n in range(S)]
 
     def advance(h, v, Bt):
-        """(h_t, a_t) from h_{t-1}."""
-        a = [jnp.exp2(v["dt"] * A2[n]) for n in range(S)]
+        """h_t from h_{t-1}."""
         dtu = v["dt"] * v["u"]
-        return [a[n] * h[n] + dtu * Bt[n] for n in range(S)], a
+        return [jnp.exp2(v["dt"] * A2[n]) * h[n] + dtu * Bt[n] for n in range(S)]
 
     # Pass 1: the state entering every segment of `ckpt_chunks` chunks (HBM). Only the last
     # chunk in scan order can be ragged, and the last segment's own steps are not needed here.
     def run_chunk(c, h):
         for j in range(chunk):
-            v = inputs(c * chunk + j)
-            h, _ = advance(h, v, B_of(v["t"]))
+            v = inputs(c * chunk + j, adjoint=False)
+            h = advance(h, v, B_of(v["t"]))
         return h
 
     def save_entry(g, h):
@@ -205,7 +206,7 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
         for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms
             Ct = C_of(v["t"])
             h_before.append(h)
-            h, _ = advance(h, v, B_of(v["t"]))
+            h = advance(h, v, B_of(v["t"]))
             if static.has_z:
                 y = D * v["u"]
                 for n in range(S):
