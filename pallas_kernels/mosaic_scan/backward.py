@@ -1,11 +1,12 @@
 """The backward kernel: one warpgroup per (direction, batch row, 128 channels), one channel per
 thread, states recomputed rather than stored.
 
-Pass 1 scans the sequence forwards and writes the state entering every chunk of `bwd_chunk`
-tokens to an HBM scratch output (each thread reads back only what it wrote itself, so no
-synchronisation is needed). Pass 2 walks the chunks last to first: it recomputes the chunk's
-states from its entry state, keeping them in registers, then runs the adjoint back through the
-chunk,
+Pass 1 scans the sequence forwards and writes the state entering every segment of
+`ckpt_chunks` chunks of `bwd_chunk` tokens to an HBM scratch output (each thread reads back only
+what it wrote itself, so no synchronisation is needed). Pass 2 takes the segments last to first:
+it rescans the segment, putting each chunk's entry state in shared memory (again each thread its
+own column), then takes the segment's chunks last to first: it recomputes the chunk's states
+from its entry state, keeping them in registers, then runs the adjoint back through the chunk,
 
     lam_t    = dy_t C_t + exp(delta_{t+1} A) lam_{t+1}      (per state, lam after the last = 0)
     du_t     = delta_t (lam_t . B_t) + D dy_t
@@ -16,10 +17,10 @@ chunk,
 with dy_t = scale dout_t silu(z_t) and dz_t = scale dout_t y_t silu'(z_t) for this direction's
 y_t = C_t . h_t + D u_t (two directions' dz add up in XLA). Per-channel sums (dA, dD, d bias)
 stay in registers until the end. dB and dC are sums over the channels, i.e. over the threads:
-each thread writes its chunk's 2 N terms per token as one row of a shared-memory tile
-`[rows, 129]` (row = token x term, column = thread), and after a barrier each thread sums whole
-rows by reading them column by column (the row pitch of 129 words puts the 32 lanes of a warp in
-32 banks). One partial per channel block leaves the kernel; XLA adds them up.
+each thread writes its chunk's 2 N terms per token into its own column of a shared-memory tile
+`[rows, 129]` (row = token x term), and after a barrier thread i sums rows i, i + 128, ... by
+reading them column by column (the row pitch of 129 words puts the 32 lanes of a warp in 32
+banks). One partial per channel block leaves the kernel; XLA adds them up.
 
 Inputs are read straight from global memory, token by token (one coalesced row of 128 channels,
 and B_t, C_t as scalars every thread loads at one address), and outputs written the same way.
