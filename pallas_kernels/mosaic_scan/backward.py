@@ -205,13 +205,12 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
         vs = [inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
         h_before = []
         for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms
-            Ct = C_of(v["t"])
             h_before.append(h)
             h = advance(h, v, B_of(v["t"]))
-            if static.has_z:
+            if static.has_z:  # dz needs this direction's y_t
                 y = D * v["u"]
-                for n in range(S):
-                    y = y + h[n] * Ct[n]
+                for n, c_n in enumerate(C_of(v["t"])):
+                    y = y + h[n] * c_n
                 dz_g[k, b, v["t"], cols] = (v["dout"] * y * v["dsilu"]).astype(dz_g.dtype)
             for n in range(S):
                 red[j * 2 * S + S + n, pl.ds(0, W)] = v["dy"] * h[n]
