@@ -1,7 +1,9 @@
 """Pallas Mosaic GPU selective scan (Mamba's S6) for Hopper GPUs: backend "mosaic".
 
-Forward kernels for one direction and for both directions fused (`forward.py`); under
-differentiation the call runs through the Triton kernels, forward and backward (`vjp.py`).
+Forward kernels for one direction and for both directions fused (`forward.py`) and a backward
+kernel that recomputes the states (`backward.py`); where the backward should not run (too few
+CTAs for long sequences, or switched off) the differentiated call runs through the Triton
+kernels, forward and backward (`vjp.py`).
 Importing this package registers `MosaicScan()` as backend "mosaic" of `vim_jax.ops.selective_scan`,
 tried first on GPUs (`vim_jax.ops.selective_scan`'s preference order): its forward is faster than the Triton kernels' at every benchmarked
 shape (pallas_kernels/NOTES.md). The kernels raise `NotImplementedError`, so the op falls through

@@ -24,6 +24,17 @@ class MosaicScanConfig:
     park_in_output_dtype: the fused kernel parks `scale * y_0` in the output's dtype (bf16: half
       the shared memory, so twice the CTAs per SM at 197 tokens, for one more bf16 rounding of
       half the sum) instead of float32.
+    mosaic_backward: differentiate with the Mosaic backward kernel (`backward.py`); False runs
+      the differentiated call through the fallback backends instead (`vjp.py`).
+    bwd_chunk: tokens per chunk of the backward: their states stay in registers
+      (16 x bwd_chunk per thread at N = 16), and their dB, dC terms are summed over the
+      channels together (`2 N bwd_chunk` rows of shared memory, rounded up to 128).
+    ckpt_chunks: chunks per segment of the backward: the state entering each segment is kept in
+      HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
+      every chunk's in HBM (more traffic, one pass of exponentials less).
+    bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
+      runs; below, the fallback's backward does. One CTA scans a whole sequence, so few CTAs
+      over long sequences leave most SMs idle, where the Triton kernels split the sequence.
     """
 
     tile: int = 16
@@ -31,10 +42,14 @@ class MosaicScanConfig:
     approx_math: bool = True
     auto_barriers: bool = False
     park_in_output_dtype: bool = False
+    mosaic_backward: bool = True
+    bwd_chunk: int = 4
+    ckpt_chunks: int = 4
+    bwd_min_ctas: int = 128
 
     def __post_init__(self):
-        if self.tile < 1 or self.stages < 1:
-            raise ValueError(f"MosaicScanConfig: tile and stages must be positive, got {self}")
+        if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
+            raise ValueError(f"MosaicScanConfig: tile, stages, bwd_chunk and ckpt_chunks must be positive, got {self}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,22 +3,29 @@
 The interpreter simulates shared memory, TMA copies and barriers, so these tests run the real
 kernel body with its ring of slots. Shapes stay small (the interpreter executes every op of every
 thread) but awkward: lengths that leave a ragged last tile, channel counts off the 128-channel CTA
-width, more than one CTA along channels, an odd state count. The backward goes through the
-fallback backends (`vjp.py`), so the gradient tests check that wiring.
+width, more than one CTA along channels, an odd state count. Gradients run the Mosaic backward
+kernel (`backward.py`) unless it is switched off, when they go through the fallback backends.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import pallas_kernels.mosaic_scan as ms
-from tests.ops.scan_test_base import SelectiveScanTestBase, oracle, random_scan_inputs, rel_err
+from tests.ops.scan_test_base import (ARG_NAMES, SelectiveScanTestBase, _evaluate, oracle,
+                                     random_scan_inputs, rel_err)
 from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 
-INTERPRETED = ms.MosaicScan(interpret=True)
+def interpreted(**config):
+    """The interpreted backend; its backward runs whatever the (tiny) number of CTAs."""
+    return ms.MosaicScan(ms.MosaicScanConfig(**{"bwd_min_ctas": 0, **config}), interpret=True)
+
+
+INTERPRETED = interpreted()
 
 
 @pytest.mark.slow  # the interpreter runs every op of every thread: minutes for the shared base
@@ -41,6 +48,95 @@ def test_ring_sizes_give_the_same_scan(tile, stages, reverse):
     backend = ms.MosaicScan(ms.MosaicScanConfig(tile=tile, stages=stages), interpret=True)
     out = selective_scan(**a, reverse=reverse, backend=backend)
     assert rel_err(out, ref) < 1e-5
+
+
+def _gradients_match(inputs, backend, reverse=False, bidirectional=False, wrt=ARG_NAMES, dtype=jnp.float32,
+                     tol=1e-4):
+    ref, ref_g = oracle(inputs, reverse, bidirectional=bidirectional, wrt=wrt)
+    args = {k: jnp.asarray(v, dtype) for k, v in inputs.items()}
+    out, got = _evaluate(args, backend, reverse, bidirectional, 0.5, wrt)
+    assert rel_err(out, ref) < (1e-5 if dtype == jnp.float32 else 1e-2)
+    for name in wrt:
+        assert got[name].shape == ref_g[name].shape and got[name].dtype == dtype, name
+        assert rel_err(got[name], ref_g[name]) < tol, name
+
+
+@pytest.mark.parametrize("bwd_chunk,ckpt_chunks,reverse",
+                         [pytest.param(1, 4, False, marks=pytest.mark.slow),  # 9 channel sums: ~40 s
+                          (2, 3, True), (4, 2, False), (3, 1, True), (16, 4, True)])
+def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_chunks, reverse):
+    """Chunks of 1 to 16 tokens over 9, segments of 1 to 4 chunks: ragged last chunks (of 1 and 3
+    tokens) alone in the last segment or behind full ones, a ragged last segment, one chunk
+    longer than the sequence; both scan orders, an odd state count."""
+    inputs = random_scan_inputs(90 + bwd_chunk, 1, 9, 7, 3)
+    _gradients_match(inputs, interpreted(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks), reverse)
+
+
+def test_backward_over_two_channel_blocks_and_batch_rows():
+    """130 channels (two CTAs, the second nearly all padding) and two batch rows: the partial sums
+    of dB, dC (over channel blocks) and of dA, dD, d delta_bias (over batch rows)."""
+    inputs = random_scan_inputs(95, 2, 4, 130, 2)
+    _gradients_match(inputs, interpreted(tile=4), reverse=True)
+
+
+def test_fused_bidirectional_backward():
+    inputs = random_scan_inputs(96, 1, 5, 5, 2, lead=(2,))
+    _gradients_match(inputs, interpreted(tile=4, bwd_chunk=2),
+                     bidirectional=True)
+
+
+def test_backward_without_optional_arguments():
+    """No D, z or delta_bias (their gradients are not asked for) and no softplus on delta."""
+    inputs = random_scan_inputs(97, 1, 6, 5, 2)
+    bare = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
+    bare["delta"] = np.logaddexp(0.0, bare["delta"])  # without softplus, delta must stay positive
+    wrt = ("u", "delta", "A", "B", "C")
+    with jax.enable_x64(True):
+        f = lambda backend, dtype: jax.grad(
+            lambda d: jnp.sum(selective_scan(**{k: jnp.asarray(v, dtype) for k, v in bare.items()} | d,
+                                             delta_softplus=False, backend=backend) ** 2))(
+            {k: jnp.asarray(bare[k], dtype) for k in wrt})
+        ref = f("reference", jnp.float64)
+    got = f(interpreted(tile=4), jnp.float32)
+    for name in wrt:
+        assert rel_err(got[name], ref[name]) < 1e-4, name
+
+
+def test_bfloat16_gradients():
+    inputs = random_scan_inputs(98, 1, 9, 7, 4)
+    rounded = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in inputs.items()}
+    _gradients_match(rounded, interpreted(tile=4),
+                     dtype=jnp.bfloat16, tol=2e-2)
+
+
+@pytest.fixture
+def backward_traces(monkeypatch):
+    """A list that gets an entry each time the Mosaic backward kernel is traced."""
+    from pallas_kernels.mosaic_scan import backward
+
+    traced = []
+    real = backward.scan_backward
+    monkeypatch.setattr(backward, "scan_backward", lambda *a, **k: traced.append(1) or real(*a, **k))
+    return traced
+
+
+def test_switched_off_backward_runs_the_fallback(backward_traces):
+    """`mosaic_backward=False`: the differentiated call is the fallback's, with the same gradients."""
+    inputs = random_scan_inputs(99, 1, 5, 3, 2)
+    _gradients_match(inputs, interpreted(tile=4, mosaic_backward=False), wrt=("u", "A", "B"))
+    assert not backward_traces
+    _gradients_match(inputs, interpreted(tile=4), wrt=("u", "A", "B"))
+    assert backward_traces
+
+
+def test_few_ctas_take_the_fallback_backward(backward_traces):
+    """Below `bwd_min_ctas` CTAs (here 2: two batch rows of one channel block) the backward is
+    the fallback's."""
+    inputs = random_scan_inputs(100, 2, 5, 3, 2)
+    _gradients_match(inputs, interpreted(tile=4, bwd_min_ctas=3), wrt=("u", "B"))
+    assert not backward_traces
+    _gradients_match(inputs, interpreted(tile=4, bwd_min_ctas=2), wrt=("u", "B"))
+    assert backward_traces
 
 
 def test_single_token():
@@ -87,7 +183,7 @@ def test_preferred_first_on_gpus_only():
 
 
 def test_options_are_fields_of_a_hashable_backend():
-    a = ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True)
-    assert a == ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True) and hash(a) == hash(
-        ms.MosaicScan(ms.MosaicScanConfig(tile=4), interpret=True))
+    a = interpreted(tile=4)
+    assert a == interpreted(tile=4) and hash(a) == hash(
+        interpreted(tile=4))
     assert a != ms.MosaicScan(ms.MosaicScanConfig(tile=8), interpret=True)
