@@ -1,5 +1,7 @@
-"""`scan_blocks` cut at stops: the same carry and outputs as one scan, the carry at each stop."""
+"""`scan_blocks` cut at stops: the same carry and outputs as one scan, the carry at each stop;
+unrolled: the same values and gradients."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,3 +56,17 @@ def test_end_skips_the_groups_after_it(blocks):
 def test_stops_past_the_end_are_refused(blocks):
     with pytest.raises(ValueError, match="stops"):
         scan_blocks(blocks, _step, jnp.ones((3,)), jnp.zeros((6,)), remat=False, stops=(5,), end=3)
+
+
+def test_unrolled_scan_gives_the_same_values_and_gradients(blocks):
+    offsets = jnp.arange(3, dtype=jnp.float32)
+
+    def run(x0, unroll):
+        carry, ys, _ = scan_blocks(blocks, _step, x0, offsets, remat=False, group=2, unroll=unroll)
+        return carry.sum() + jnp.sum(ys ** 2), (carry, ys)
+
+    x0 = jnp.asarray([0.5, -1.0, 2.0])
+    (_, rolled), rolled_grad = jax.value_and_grad(run, has_aux=True)(x0, False)
+    (_, unrolled), unrolled_grad = jax.value_and_grad(run, has_aux=True)(x0, True)
+    for a, b in zip((*rolled, rolled_grad), (*unrolled, unrolled_grad)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)

@@ -1,9 +1,16 @@
-"""The depthwise token conv: causal / anti-causal, one direction or several stacked."""
+"""The depthwise token conv: causal / anti-causal, one direction or several stacked, as a banded
+matmul (short sequences) or a sum of shifted copies (long ones)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vim_jax.models import layers
 from vim_jax.models.layers import depthwise_conv1d
+
+# The longest sequence of the banded form, and 0: every sequence takes the shifted sum.
+FORMS = {"banded": layers.BANDED_CONV_MAX_LENGTH, "shifted": 0}
 
 
 def naive_conv(x, kernel, bias, reverse):
@@ -18,8 +25,10 @@ def naive_conv(x, kernel, bias, reverse):
     return y
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("width", [1, 4])
-def test_matches_naive_conv_one_and_stacked(width):
+def test_matches_naive_conv_one_and_stacked(width, form, monkeypatch):
+    monkeypatch.setattr(layers, "BANDED_CONV_MAX_LENGTH", FORMS[form])
     rng = np.random.default_rng(width)
     x = rng.normal(size=(2, 7, 5)).astype(np.float32)
     kernels = rng.normal(size=(3, width, 5)).astype(np.float32)
@@ -32,3 +41,20 @@ def test_matches_naive_conv_one_and_stacked(width):
         np.testing.assert_allclose(np.asarray(depthwise_conv1d(x, kernels[k], biases[k], rev)), expected,
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(stacked[k], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_banded_and_shifted_forms_have_the_same_gradients(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(2, 2, 9, 5)), jnp.float32)
+
+    def grads():
+        loss = lambda *args: jnp.sum(weights * jnp.tanh(depthwise_conv1d(*args, (False, True))))
+        return jax.grad(loss, argnums=(0, 1, 2))(x, kernel, bias)
+
+    banded = grads()
+    monkeypatch.setattr(layers, "BANDED_CONV_MAX_LENGTH", 0)
+    for a, b in zip(banded, grads()):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

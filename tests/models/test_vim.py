@@ -124,6 +124,17 @@ def test_backends_agree_inside_the_model_values_and_gradients():
         assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a) + 1e-7
 
 
+def test_unrolled_blocks_give_the_same_values_and_gradients():
+    x = images(2)
+    outs, grads = {}, {}
+    for unroll in (False, True):
+        model = vim_jax.create_model("vim_test", depth=2, unroll_blocks=unroll, seed=7)
+        outs[unroll], grads[unroll] = nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2)))(model)
+    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a) + 1e-7
+
+
 def test_released_mixer_uses_the_fused_bidirectional_scan(monkeypatch):
     calls = {"bi": 0, "single": 0}
     real_bi, real_single = vim_jax.ops.selective_scan_bidirectional, vim_jax.ops.selective_scan

@@ -83,15 +83,15 @@ def stack_blocks(make_block, depth: int, rngs: nnx.Rngs) -> nnx.Module:
 
 
 def scan_blocks(blocks: nnx.Module, step, carry, xs, *, remat: bool, group: int = 1,
-                stops: Sequence[int] = (), end: int | None = None):
+                stops: Sequence[int] = (), end: int | None = None, unroll: bool = False):
     """`jax.lax.scan` over `blocks` (stacked on a leading axis by `nnx.vmap`), `group` at a time.
 
     `step(members, carry, x) -> (carry, y)` gets the group's blocks as a list of `group` modules
     and the matching slice of `xs` (leading axis `depth // group`). One traced block serves every
-    layer, so compile time does not grow with depth; with `remat` each step is recomputed in the
-    backward pass (`jax.checkpoint`). The scan runs the first `end` groups (all by default) and is
-    cut after the group counts `stops`, so that the carry there can be read; without stops it is
-    one scan over every group. Returns the final carry, the stacked `y`s of the groups run and the
+    layer, so compile time does not grow with depth (unless `unroll`: XLA then gets every step
+    written out); with `remat` each step is recomputed in the backward pass (`jax.checkpoint`).
+    The scan runs the first `end` groups (all by default) and is cut after the group counts
+    `stops`, so that the carry there can be read; without stops it is one scan over every group. Returns the final carry, the stacked `y`s of the groups run and the
     carry after each stop.
     """
     graphdef, state = nnx.split(blocks)
@@ -113,7 +113,7 @@ def scan_blocks(blocks: nnx.Module, step, carry, xs, *, remat: bool, group: int 
     for stop in sorted({*stops, end}):
         part = (grouped, xs) if (start, stop) == (0, length) else \
             jax.tree.map(lambda a: a[start:stop], (grouped, xs))
-        carry, y = jax.lax.scan(body, carry, part)
+        carry, y = jax.lax.scan(body, carry, part, unroll=unroll)
         ys.append(y)
         if stop in stops:
             at_stops.append(carry)

@@ -179,7 +179,7 @@ class VisionMamba(PatchTokenModel):
 
         xs = (rates.reshape(-1, group), layer_keys.reshape(cfg.depth // group, group, *layer_keys.shape[1:]), first)
         (residual, h), _, at_stops = scan_blocks(self.blocks, step, (residual, h), xs, remat=cfg.remat, group=group,
-                                                 stops=stops, end=end)
+                                                 stops=stops, end=end, unroll=cfg.unroll_blocks)
         return residual, h, at_stops
 
     def forward_head(self, features, pre_logits: bool = False):

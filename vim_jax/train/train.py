@@ -27,6 +27,7 @@ from vim_jax.data.pipeline import prefetch_to_device
 from vim_jax.train import input_pipeline, optim, steps, train_state
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train.checkpoint import Checkpointer
+from vim_jax.train.compiler_options import step_compiler_options
 from vim_jax.train.metrics import LogWindow, MetricsWriter
 from vim_jax.train.preemption import StopRequest
 
@@ -61,7 +62,7 @@ def evaluate(config: ml_collections.ConfigDict, eval_fn, param_sets: dict[str, d
 
 def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh, steps_per_epoch: int):
     """``train_step`` jitted for this config, model and mesh: (state, batch) -> (state, metrics),
-    with the state's shardings explicit and its buffers donated."""
+    with the state's shardings explicit, its buffers donated and the platform's compiler options."""
     schedule = optim.learning_rate_schedule(config.optim, config.global_batch_size, steps_per_epoch)
     return jax.jit(
         functools.partial(steps.train_step, graphdef=setup.train_graphdef, tx=setup.tx, schedule=schedule,
@@ -69,7 +70,8 @@ def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSe
                           augment_key=jax.random.fold_in(jax.random.key(config.seed), _MIXUP_SALT),
                           ema_decay=config.ema_decay or None, skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(setup.state_shardings, mesh_lib.batch_sharding(mesh)),
-        out_shardings=(setup.state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+        out_shardings=(setup.state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0,
+        compiler_options=step_compiler_options(mesh.devices.flat[0].platform))
 
 
 def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh,
@@ -86,7 +88,8 @@ def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSet
 
     return jax.jit(eval_sets, in_shardings=({name: shardings.params for name in names}, shardings.rngs,
                                             mesh_lib.batch_sharding(mesh)),
-                   out_shardings=mesh_lib.replicated(mesh))
+                   out_shardings=mesh_lib.replicated(mesh),
+                   compiler_options=step_compiler_options(mesh.devices.flat[0].platform))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
