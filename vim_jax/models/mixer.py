@@ -79,8 +79,11 @@ class VimMixer(nnx.Module):
         second block of a bidirectional layer pair)."""
         cfg, dtype = self.cfg, h.dtype
         e = cfg.d_inner
-        xz = h @ self.in_proj[...].astype(dtype)
-        x, z = xz[..., :e], xz[..., e:]
+        # Two matmuls, not one sliced in two: the fused scan reads `z` whole, and a slice of one
+        # output is copied out for it (3% of Vim-S inference on an H200,
+        # experiments/results/bench_mixer_pieces_nvidia_h200.md).
+        w_in = self.in_proj[...].astype(dtype)
+        x, z = h @ w_in[:, :e], h @ w_in[:, e:]
         orders = self.orders(flip)
         A = -jnp.exp(self.A_log[...])  # [K, E, N] float32
         scale = 1.0 / len(orders) if (cfg.bimamba == "v2" and cfg.divide_out) else 1.0
