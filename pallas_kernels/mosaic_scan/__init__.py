@@ -1,6 +1,7 @@
 """Pallas Mosaic GPU selective scan (Mamba's S6) for Hopper GPUs: backend "mosaic".
 
-Forward kernels for one direction and for both directions fused (`forward.py`); under
+Forward kernels for one direction and for both directions fused (`forward.py`), long sequences
+cut into segments over the grid where the CTAs would not fill the GPU (`segments.py`); under
 differentiation the call runs through the Triton kernels, forward and backward (`vjp.py`).
 Importing this package registers `MosaicScan()` as backend "mosaic" of `vim_jax.ops.selective_scan`,
 tried first on GPUs (`vim_jax.ops.selective_scan`'s preference order): its forward is faster than the Triton kernels' at every benchmarked
