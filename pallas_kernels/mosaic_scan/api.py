@@ -52,5 +52,5 @@ class MosaicScan:
         itemsize = jnp.dtype(dtype).itemsize
         smem_of = lambda rows, dirs: forward.smem_bytes(
             rows, dirs, 2 * -(-state // STATE_MULTIPLE) * STATE_MULTIPLE, itemsize, itemsize, has_z, cfg.tile, cfg.stages,
-            itemsize if cfg.park_in_output_dtype else 4)
+            itemsize if cfg.park_in_output_dtype else 4, rings=2 if cfg.two_warpgroups and dirs == 2 and rows == length else 1)
         return segments.plan(length, batch, channels, ndir, cfg, smem_of)

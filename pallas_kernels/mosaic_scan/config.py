@@ -27,6 +27,10 @@ class MosaicScanConfig:
     park_in_output_dtype: the fused kernel parks `scale * y_0` in the output's dtype (bf16: half
       the shared memory, so twice the CTAs per SM at 197 tokens, for one more bf16 rounding of
       half the sum) instead of float32.
+    two_warpgroups: the fused kernel scans both directions at once, one warpgroup each (two per
+      CTA, one ring each); each parks `scale * y` for the first half of its tiles, they meet at
+      a barrier, then each writes the half the other parked (calls of one segment only). Off:
+      direction 0, then direction 1.
     segments: cut the sequence into at most this many segments along the grid (0: choose from
       the CTA count, `segments.plan`; 1: never). Segments cost a second pass of exponentials
       (the summary pass) and give that many times the CTAs.
@@ -40,6 +44,7 @@ class MosaicScanConfig:
     approx_math: bool = True
     auto_barriers: bool = False
     park_in_output_dtype: bool = False
+    two_warpgroups: bool = False
     segments: int = 0
     ctas_per_sm: int = 2
     min_segment: int = 128

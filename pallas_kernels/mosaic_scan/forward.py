@@ -10,7 +10,8 @@ allows no out-of-bounds TMA and stale rows must never enter the state.
 
 With two directions the CTA scans direction 0 first, parking `scale * y_0` for every token of its
 segment in shared memory (float32, `rows * 512` bytes), then direction 1, which adds its own,
-applies the gate and writes `y` once.
+applies the gate and writes `y` once. With `two_warpgroups` the two directions run at once in two
+warpgroups, each parking the first half of its tiles and writing the half the other parked.
 
 Long sequences are cut into segments along the grid (`segments.plan`), in two launches: the
 summary pass scans every segment from a zero state and writes only its end state and its sum of
@@ -37,14 +38,14 @@ W = CHANNELS_PER_CTA
 
 
 def smem_bytes(length: int, ndir: int, state_cols: int, act_itemsize: int, out_itemsize: int,
-               has_z: bool, tile: int, stages: int, park_itemsize: int = 4) -> int:
+               has_z: bool, tile: int, stages: int, park_itemsize: int = 4, rings: int = 1) -> int:
     """Shared memory one CTA of the output pass takes for a segment of `length` tokens: the
-    pipeline ring and, with two directions, the parked y_0."""
+    pipeline ring (one per warpgroup) and, with two directions, the parked halves of y."""
     tile = min(tile, length)
     n_vec = 2 + int(has_z)
     ring = stages * tile * (n_vec * W * act_itemsize + state_cols * 4 + W * out_itemsize)
     park = (-(-length // tile) * tile * W * park_itemsize) if ndir == 2 else 0
-    return ring + park
+    return rings * ring + park
 
 
 def fits(*args, **kwargs) -> bool:
@@ -83,16 +84,20 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
     stages = min(cfg.stages, -(-seg_len // tile))
     state_pad = bc.shape[-1] // 2
     gate = static.has_z and not summary
-    ring = lambda cols, dtype: plgpu.SMEM((stages, tile, cols), dtype)
+    # Two warpgroups only without segments (with them the fused kernel is not the plan's choice).
+    two_wg = cfg.two_warpgroups and ndir == 2 and not summary and n_seg == 1
+    rings = 2 if two_wg else 1
+    ring = lambda cols, dtype: tuple(plgpu.SMEM((stages, tile, cols), dtype) for _ in range(rings))
     park_dtype = u.dtype if cfg.park_in_output_dtype else F32
     scratch = dict(
         u=ring(W, u.dtype), d=ring(W, delta.dtype), bc=ring(2 * state_pad, F32),
         o=None if summary else ring(W, u.dtype),
         z=ring(W, z.dtype) if gate else None,
+        meet=plgpu.Barrier(num_arrivals=2) if two_wg else None,  # both warpgroups parked their half
         park=plgpu.SMEM((-(-seg_len // tile) * tile, W), park_dtype) if ndir == 2 and not summary else None,
         summ=plgpu.SMEM((ndir, state + 1, W), F32) if summary else None,
         # One barrier per slot and direction; every copy into a slot arrives on it once.
-        bars=[plgpu.Barrier(num_arrivals=3 + int(gate and k == ndir - 1), num_barriers=stages)
+        bars=[plgpu.Barrier(num_arrivals=3 + int(gate and (two_wg or k == ndir - 1)), num_barriers=stages)
               for k in range(ndir)],
     )
     if summary:
@@ -101,7 +106,8 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
         out_type = jax.ShapeDtypeStruct((batch, length, channels), u.dtype)
     segmented = n_seg > 1
     body = functools.partial(_kernel, static=static, state=state, state_pad=state_pad, tile=tile,
-                             seg_len=seg_len, n_seg=n_seg, stages=stages, summary=summary, gate=gate)
+                             seg_len=seg_len, n_seg=n_seg, stages=stages, summary=summary, gate=gate,
+                             two_wg=two_wg)
     kernel = plgpu.kernel(
         body,
         out_type=out_type,
@@ -113,6 +119,7 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
             unsafe_no_auto_barriers=not cfg.auto_barriers,
             lowering_semantics=plgpu.LoweringSemantics.Lane),
         interpret=_interpreter() if static.interpret else None,
+        **(dict(num_threads=2, thread_name="wg") if two_wg else {}),
     )
     args = [u, delta] + ([z] if gate else []) + [bc, params]
     args += [summary_in] if segmented and not summary else []
@@ -128,7 +135,7 @@ def _interpreter():
 
 
 def _kernel(*refs, static: Static, state, state_pad, tile, seg_len, n_seg, stages, summary, gate,
-            **smem):
+            two_wg, **smem):
     refs = list(refs)
     u_g, d_g = refs.pop(0), refs.pop(0)
     z_g = refs.pop(0) if gate else None
@@ -147,11 +154,14 @@ def _kernel(*refs, static: Static, state, state_pad, tile, seg_len, n_seg, stage
         shape = dict(n_tiles=n_tiles, tail=rows - (n_tiles - 1) * tile)
         for k, rev in enumerate(static.revs):
             scan = functools.partial(
-                _direction, k, rev, k == ndir - 1, static=static, state=state, state_pad=state_pad,
-                tile=tile, stages=stages, n_seg=n_seg, summary=summary, gate=gate, **shape, **where,
+                _direction, k, rev, _park_steps(k, n_tiles, ndir, summary, two_wg), static=static,
+                state=state, state_pad=state_pad, tile=tile, stages=stages, n_seg=n_seg,
+                summary=summary, gate=gate, ring=k if two_wg else 0, meet=two_wg, **shape, **where,
                 u_g=u_g, d_g=d_g, z_g=z_g, bc_g=bc_g, p_g=p_g, sum_g=sum_g, out_g=out_g, smem=smem)
             if summary and n_seg > 1:  # the last segment in scan order: its summary is never used
                 pl.when(seg != (0 if rev else n_seg - 1))(scan)
+            elif two_wg:
+                pl.when(jax.lax.axis_index("wg") == k)(scan)
             else:
                 scan()
 
@@ -162,6 +172,17 @@ def _kernel(*refs, static: Static, state, state_pad, tile, seg_len, n_seg, stage
         pl.when(seg < n_seg - 1)(lambda: run(seg_len))
         pl.when(seg == n_seg - 1)(lambda: run(last_rows))
     plgpu.wait_smem_to_gmem(0)
+
+
+def _park_steps(k, n_tiles, ndir, summary, two_wg):
+    """How many tiles direction k scans (in its order) before the ones it writes: in turn, all of
+    direction 0 then none of direction 1; at once in two warpgroups, each its first half (split
+    at a tile boundary, the same token for both)."""
+    if summary or ndir == 1:
+        return 0
+    if two_wg:
+        return n_tiles // 2 if k == 0 else n_tiles - n_tiles // 2
+    return n_tiles if k == 0 else 0
 
 
 def _entry_state(k, rev, A2, *, state, n_seg, b, cols, seg, sum_g, zero):
@@ -180,14 +201,17 @@ def _entry_state(k, rev, A2, *, state, n_seg, b, cols, seg, sum_g, zero):
     return jax.lax.fori_loop(0, seg, add, h)
 
 
-def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, summary, gate,
-               n_tiles, tail, b, cols, seg, seg_start, u_g, d_g, z_g, bc_g, p_g, sum_g, out_g, smem):
-    """Scans direction k over the segment's tiles, in scan order; the ragged tile (the last in
-    token order) is peeled off the loop with its static row count."""
+def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_seg, summary, gate,
+               ring, meet, n_tiles, tail, b, cols, seg, seg_start, u_g, d_g, z_g, bc_g, p_g, sum_g, out_g,
+               smem):
+    """Scans direction k over the segment's tiles, in scan order: the first `park_steps` tiles
+    park `scale * y` for the other direction, the rest write y (with the other's park added when
+    there are two). The ragged tile (the last in token order) is peeled off the loop with its
+    static row count."""
     ndir = len(static.revs)
-    gate = gate and last
-    emit = not summary and last  # this direction writes y
+    gate = gate and (meet or park_steps < n_tiles)  # z copied (as the slot barriers count it)
     bars = smem["bars"][k]
+    ring_of = lambda name: smem[name][ring]
     A2 = [p_g[k, n, cols] for n in range(state)]
     D = p_g[k, state, cols]
     bias = p_g[k, state + 1, cols]
@@ -199,11 +223,11 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, s
     def copy_in(i, slot, nrows):
         rows, dst = pl.ds(seg_start + local_row(i), nrows), pl.ds(0, nrows)
         bar = bars.at[slot]
-        plgpu.copy_gmem_to_smem(u_g.at[k, b, rows, cols], smem["u"].at[slot, dst], bar)
-        plgpu.copy_gmem_to_smem(d_g.at[k, b, rows, cols], smem["d"].at[slot, dst], bar)
+        plgpu.copy_gmem_to_smem(u_g.at[k, b, rows, cols], ring_of("u").at[slot, dst], bar)
+        plgpu.copy_gmem_to_smem(d_g.at[k, b, rows, cols], ring_of("d").at[slot, dst], bar)
         if gate:
-            plgpu.copy_gmem_to_smem(z_g.at[b, rows, cols], smem["z"].at[slot, dst], bar)
-        plgpu.copy_gmem_to_smem(bc_g.at[k, b, rows, :], smem["bc"].at[slot, dst], bar)
+            plgpu.copy_gmem_to_smem(z_g.at[b, rows, cols], ring_of("z").at[slot, dst], bar)
+        plgpu.copy_gmem_to_smem(bc_g.at[k, b, rows, :], ring_of("bc").at[slot, dst], bar)
 
     def fetch(i, slot):
         """Starts the copies of step i's tile into `slot` (none past the last step)."""
@@ -217,13 +241,15 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, s
         pl.when((i < n_tiles) & (i != tail_step))(lambda: copy_in(i, slot, tile))
         pl.when(i == tail_step)(lambda: copy_in(i, slot, tail))
 
-    def step(i, carry, nrows):
-        """Scans step i's tile (its first `nrows` rows are real) and refills its slot."""
+    def step(i, carry, nrows, park):
+        """Scans step i's tile (its first `nrows` rows are real) and refills its slot; `park`:
+        y goes to the park instead of the output."""
+        emit = not (summary or park)
         slot = i % stages if isinstance(i, int) else jax.lax.rem(i, stages)
         plgpu.barrier_wait(bars.at[slot])
         if emit:  # the output slot's previous TMA store must have read it
             plgpu.wait_smem_to_gmem(stages - 1, wait_read_only=True)
-        u_s, d_s, bc_s = smem["u"].at[slot], smem["d"].at[slot], smem["bc"].at[slot]
+        u_s, d_s, bc_s = ring_of("u").at[slot], ring_of("d").at[slot], ring_of("bc").at[slot]
         h, delta_sum = list(carry[0]), carry[1]
         row0 = local_row(i)
         for j in (range(nrows - 1, -1, -1) if rev else range(nrows)):
@@ -241,7 +267,7 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, s
             for n in range(state):
                 h[n] = jnp.exp2(dt * A2[n]) * h[n] + dtu * bc_s[j, n]
                 y = y + h[n] * bc_s[j, state_pad + n]
-            if not last:  # first of two directions: park scale * y for the second
+            if park:  # for the other direction, which adds it
                 smem["park"][row0 + j] = (static.scale * y).astype(smem["park"].dtype)
                 continue
             if ndir == 2:
@@ -249,13 +275,13 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, s
             elif static.scale != 1.0:
                 y = static.scale * y
             if gate:
-                y = y * scan_math.silu(smem["z"][slot, j].astype(F32))
-            smem["o"][slot, j] = y.astype(out_g.dtype)
+                y = y * scan_math.silu(ring_of("z")[slot, j].astype(F32))
+            ring_of("o")[slot, j] = y.astype(out_g.dtype)
         # Every thread is done with the slot (and its output writes are visible to TMA) before
         # the slot is stored and refilled.
         plgpu.commit_smem()
         if emit:
-            plgpu.copy_smem_to_gmem(smem["o"].at[slot, pl.ds(0, nrows)],
+            plgpu.copy_smem_to_gmem(ring_of("o").at[slot, pl.ds(0, nrows)],
                                     out_g.at[b, pl.ds(seg_start + row0, nrows), cols])
         fetch(i + stages, slot)
         return tuple(h), delta_sum
@@ -266,13 +292,21 @@ def _direction(k, rev, last, *, static, state, state_pad, tile, stages, n_seg, s
     # carry's layout must not change).
     zero = D * 0.0
     h = _entry_state(k, rev, A2, state=state, n_seg=n_seg, b=b, cols=cols, seg=seg, sum_g=sum_g, zero=zero)
-    carry = (h, zero)
-    if rev:
-        carry = step(0, carry, tail)
-        carry = jax.lax.fori_loop(1, n_tiles, lambda i, c: step(i, c, tile), carry)
-    else:
-        carry = jax.lax.fori_loop(0, n_tiles - 1, lambda i, c: step(i, c, tile), carry)
-        carry = step(n_tiles - 1, carry, tail)
+
+    def steps(lo, hi, carry, park):
+        """Steps [lo, hi) in scan order, the ragged one peeled."""
+        if lo < hi and rev and lo == 0:
+            carry, lo = step(0, carry, tail, park), 1
+        end = hi - 1 if (not rev and hi == n_tiles and lo < hi) else hi
+        if lo < end:
+            carry = jax.lax.fori_loop(lo, end, lambda i, c: step(i, c, tile, park), carry)
+        return step(n_tiles - 1, carry, tail, park) if end < hi else carry
+
+    carry = steps(0, park_steps, (h, zero), True)
+    if meet:  # at once with the other direction: its park must be complete
+        plgpu.barrier_arrive(smem["meet"])
+        plgpu.barrier_wait(smem["meet"])
+    carry = steps(park_steps, n_tiles, carry, False)
     if summary:  # end state, then sum of delta, to the summary rows of this segment
         h, delta_sum = carry
         out = smem["summ"].at[k]

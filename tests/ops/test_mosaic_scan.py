@@ -148,3 +148,16 @@ def test_plan_cuts_only_calls_that_leave_the_gpu_idle():
     assert _plan((8, 6085, 384), 1, segments=1) == (6085, True)
     assert _plan((8, 6085, 384), 2, segments=22) == (288, True)
     assert _plan((8, 200, 384), 1) == (200, True)  # two segments would be under min_segment
+
+
+@pytest.mark.parametrize("length,tile,drop,out_scale", [
+    (33, 4, (), 0.5),  # 9 tiles: 4 parked by the forward warpgroup, 5 by the backward one
+    (19, 16, ("D", "z", "delta_bias"), 1.0),  # 2 tiles, the backward one's first is ragged
+    (1, 16, (), 0.5),  # one tile: the forward warpgroup parks nothing, the backward one all
+])
+def test_two_warpgroups_scan_both_directions_at_once(length, tile, drop, out_scale):
+    inputs = {k: v for k, v in random_scan_inputs(88, 1, length, 200, 3, lead=(2,)).items() if k not in drop}
+    ref, _ = oracle(inputs, bidirectional=True, out_scale=out_scale)
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=tile, stages=2, two_warpgroups=True), interpret=True)
+    out = selective_scan_bidirectional(**_f32(inputs), out_scale=out_scale, backend=backend)
+    assert rel_err(out, ref) < 1e-5
