@@ -29,7 +29,7 @@ def plan(length: int, batch: int, channels: int, ndir: int, cfg: MosaicScanConfi
     one-direction launches (each with the same segments) combined in XLA. Shortening segments
     until the park fits was measured slower at (8, 6085, 384): fused in 20 segments 0.805 ms
     (bf16 park, 11 segments: 0.705) against 0.546 for two launches of 11 (H200,
-    experiments/results/bench_scan_h200_campaign2_fwd.md).
+    experiments/results/bench_scan_h200_campaign2_fwd_long.md).
     """
     tile = min(cfg.tile, length)
     ctas = batch * -(-channels // CHANNELS_PER_CTA)
