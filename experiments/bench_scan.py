@@ -16,7 +16,7 @@ The kernel backends (pallas, mosaic, and triton: the Pallas kernels' algorithm o
 only when named, e.g. `--backends mosaic,pallas,triton`) are checked at awkward shapes too and timed
 side by side at each shape. `--sweep` adds pallas tiling variants; a backend named
 `mosaic:tile=16:stages=2` is the mosaic kernel with that `MosaicScanConfig` (timed forward only,
-unless `--variant-bwd`). Writes bench_scan_<device>.json / .md under --out after
+unless `--variant-bwd`); `--fwd-only` checks values without gradients and times forwards only. Writes bench_scan_<device>.json / .md under --out after
 every measurement, so a run cut short keeps what it measured.
 """
 
@@ -130,23 +130,28 @@ def _value_and_vjp(f):
     return run
 
 
-def check(backend, shape, bidir, reverse, act_dtype, seed, ref_cache):
-    """{name: rel err} of out and the 8 gradients vs the float64 reference."""
+def check(backend, shape, bidir, reverse, act_dtype, seed, ref_cache, grads=True):
+    """{name: rel err} of out and (with `grads`) the 8 gradients vs the float64 reference."""
     x = make_inputs(seed, shape, bidir, act_dtype)
     f = scan_fn(backend, bidir, reverse)
     out_shape = shape[:3]
     cot = jax.random.normal(jax.random.PRNGKey(seed + 7), out_shape, jnp.float32).astype(act_dtype)
-    key = (shape, bidir, reverse, str(act_dtype), seed)
+    key = (shape, bidir, reverse, str(act_dtype), seed, grads)
     if key not in ref_cache:
         with jax.enable_x64(True):
             x64 = {k: jnp.asarray(np.asarray(v, np.float64)) for k, v in x.items()}
-            r_out, r_g = jax.jit(_value_and_vjp(scan_fn("reference", bidir, reverse)))(
-                x64, jnp.asarray(np.asarray(cot, np.float64)))
+            if grads:
+                r_out, r_g = jax.jit(_value_and_vjp(scan_fn("reference", bidir, reverse)))(
+                    x64, jnp.asarray(np.asarray(cot, np.float64)))
+            else:
+                r_out, r_g = jax.jit(scan_fn("reference", bidir, reverse))(x64), {}
             ref_cache[key] = (np.asarray(r_out), {k: np.asarray(v) for k, v in r_g.items()})
     r_out, r_g = ref_cache[key]
     # Values from the plain call: under jax.vjp a backend may run another forward (mosaic does).
     poison_free_memory()
     errs = {"out": rel_err(jax.jit(f)(x), r_out)}
+    if not grads:
+        return errs
     poison_free_memory()
     _, g = jax.jit(_value_and_vjp(f))(x, cot)
     errs.update({k: rel_err(g[k], r_g[k]) for k in NAMES})
@@ -222,6 +227,8 @@ def main():
     ap.add_argument("--check-backends", default="", help="the kernels to check (default: all given)")
     ap.add_argument("--variant-bwd", action="store_true", help="also time fwd+bwd of mosaic:... variants")
     ap.add_argument("--skip-timings", action="store_true", help="the checks only")
+    ap.add_argument("--fwd-only", action="store_true",
+                    help="forward kernels only: values checked without gradients, no fwd+bwd timings")
     ap.add_argument("--shapes", default="0,1,2")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
     ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
@@ -279,12 +286,12 @@ def main():
         for i, (b, shape, bidir, rev, dt) in enumerate(plan):
             t0 = time.perf_counter()
             try:
-                errs = check(b, shape, bidir, rev, dt, 1000 + i, ref_cache)
+                errs = check(b, shape, bidir, rev, dt, 1000 + i, ref_cache, grads=not args.fwd_only)
             except Exception as e:  # a failing backend must not hide the others
                 traceback.print_exc()
                 errs = {"error": repr(e)[:300]}
             tol = (1e-5, 1e-4) if dt == jnp.float32 else (1e-2, 2e-2)
-            ok = "error" not in errs and errs["out"] < tol[0] and all(errs[k] < tol[1] for k in NAMES)
+            ok = "error" not in errs and errs["out"] < tol[0] and all(errs[k] < tol[1] for k in NAMES if k in errs)
             rec = dict(backend=b, shape=shape, bidir=bidir, reverse=rev, dtype=str(np.dtype(dt)), ok=ok,
                        errs=errs, seconds=time.perf_counter() - t0)
             result["checks"].append(rec)
@@ -303,7 +310,7 @@ def main():
 
     def timed(backend, shape, bidir):
         """time_variant's result, or the error (a failed variant must not end the run)."""
-        with_bwd = args.variant_bwd or mosaic_variant(backend) is None
+        with_bwd = not args.fwd_only and (args.variant_bwd or mosaic_variant(backend) is None)
         try:
             return time_variant(backend, shape, bidir, args.reps, args.inner, with_bwd=with_bwd)
         except Exception as e:
@@ -393,7 +400,7 @@ def render(result, bw):
             continue
         lines.append(f"| {c['backend']} | {tuple(c['shape'])} | {2 if c['bidir'] else 1} | {c['reverse']} | "
                      f"{c['dtype']} | {'yes' if c['ok'] else 'NO'} | {e['out']:.1e} | "
-                     f"{max(e[k] for k in NAMES):.1e} |")
+                     f"{max((e[k] for k in NAMES if k in e), default=float('nan')):.1e} |")
     return "\n".join(lines) + "\n"
 
 

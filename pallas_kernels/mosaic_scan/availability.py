@@ -22,3 +22,14 @@ def check_runnable(arrays, interpret: bool) -> None:
     for x in arrays:
         if x is not None and jnp.dtype(x.dtype) not in _SUPPORTED:
             raise NotImplementedError(f"mosaic selective scan supports float32 and bfloat16, got {x.dtype}")
+
+
+# Hopper's H100 and H200 (SXM): the count planned for where no GPU is present (interpreted runs).
+DEFAULT_MULTIPROCESSORS = 132
+
+
+def multiprocessor_count() -> int:
+    """Streaming multiprocessors of the default device (132 where it reports none, as on CPU)."""
+    device = jax.devices()[0]
+    count = getattr(device, "core_count", None) if device.platform == "gpu" else None
+    return int(count) if count else DEFAULT_MULTIPROCESSORS

@@ -9,6 +9,9 @@ CHANNELS_PER_CTA = 128  # one warpgroup, one channel per thread
 # Shared memory a block may use on Hopper (the launch refuses more), less a margin for the
 # pipeline's barriers and the compiler's own scratch.
 SMEM_BYTES = 232_448 - 8_192
+# B and C are padded to a multiple of this many states: a TMA copy of any number of `[B | C]`
+# rows must move a multiple of 128 bytes (Mosaic GPU splits it over the warpgroup's threads).
+STATE_MULTIPLE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,16 @@ class MosaicScanConfig:
     bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
       runs; below, the fallback's backward does. One CTA scans a whole sequence, so few CTAs
       over long sequences leave most SMs idle, where the Triton kernels split the sequence.
+    two_warpgroups: the fused kernel scans both directions at once, one warpgroup each (two per
+      CTA, one ring each); each parks `scale * y` for the first half of its tiles, they meet at
+      a barrier, then each writes the half the other parked (calls of one segment only). Off:
+      direction 0, then direction 1.
+    segments: cut the sequence into at most this many segments along the grid (0: choose from
+      the CTA count, `segments.plan`; 1: never). Segments cost a second pass of exponentials
+      (the summary pass) and give that many times the CTAs.
+    ctas_per_sm: with `segments=0`, a call whose batch x channel blocks gives fewer CTAs than
+      this many per multiprocessor is cut into enough segments to reach it.
+    min_segment: with `segments=0`, no segment shorter than this many tokens.
     """
 
     tile: int = 16
@@ -49,10 +62,17 @@ class MosaicScanConfig:
     bwd_chunk: int = 4
     ckpt_chunks: int = 4
     bwd_min_ctas: int = 128
+    two_warpgroups: bool = False
+    segments: int = 0
+    ctas_per_sm: int = 2
+    min_segment: int = 128
 
     def __post_init__(self):
         if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
             raise ValueError(f"MosaicScanConfig: tile, stages, bwd_chunk and ckpt_chunks must be positive, got {self}")
+        if self.segments < 0 or self.ctas_per_sm < 1 or self.min_segment < 1:
+            raise ValueError(f"MosaicScanConfig: segments must be >= 0, ctas_per_sm and min_segment "
+                             f"positive, got {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +86,4 @@ class Static:
     cfg: MosaicScanConfig
     interpret: bool
     fused: bool = True  # two directions in one launch (else two launches, see `vjp`)
+    seg_len: int = 0  # tokens per segment (0: the whole sequence, no summary pass)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.mosaic_scan import backward
-from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, LOG2E, Static
+from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, LOG2E, STATE_MULTIPLE, Static
 from pallas_kernels.mosaic_scan.forward import scan_forward
 
 BACKWARD_BACKENDS = ("pallas", "reference")
@@ -49,9 +49,10 @@ def _operands(A, B, C, D, bias):
     channels_pad])."""
     ndir, channels, _ = A.shape
     # B and C are `channels / state` times smaller than u, and every thread reads all of them
-    # each step, so one conversion here saves one per thread and step. TMA needs rows of a
-    # multiple of 16 bytes, hence B and C padded to an even state count.
-    bc = jnp.concatenate([_pad_last(B.astype(jnp.float32), 2), _pad_last(C.astype(jnp.float32), 2)], -1)
+    # each step, so one conversion here saves one per thread and step. B and C are zero-padded
+    # to STATE_MULTIPLE states, so that copies of any row count are whole multiples of 128 bytes.
+    bc = jnp.concatenate([_pad_last(B.astype(jnp.float32), STATE_MULTIPLE),
+                          _pad_last(C.astype(jnp.float32), STATE_MULTIPLE)], -1)
     zeros = jnp.zeros((ndir, channels), jnp.float32)
     params = jnp.concatenate([
         jnp.swapaxes(A.astype(jnp.float32) * LOG2E, 1, 2),

@@ -36,6 +36,15 @@ class TestMosaic(SelectiveScanTestBase):
     shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
 
 
+@pytest.mark.slow
+class TestMosaicSegments(SelectiveScanTestBase):
+    """The shared base with every sequence cut into 3 segments (summary pass, entry states chained
+    in the output pass, a shorter last segment), fused two directions included."""
+
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, stages=2, segments=3), interpret=True)
+    shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
+
+
 def _f32(inputs):
     return {k: jnp.asarray(v, jnp.float32) for k, v in inputs.items()}
 
@@ -188,3 +197,64 @@ def test_options_are_fields_of_a_hashable_backend():
     assert a == interpreted(tile=4) and hash(a) == hash(
         interpreted(tile=4))
     assert a != ms.MosaicScan(ms.MosaicScanConfig(tile=8), interpret=True)
+
+
+@pytest.mark.parametrize("length,segments,reverse", [(33, 3, True), (16, 2, False), (61, 4, False)])
+def test_segments_give_the_same_scan(length, segments, reverse):
+    """Segments of whole tiles with a shorter last one (33 = 12 + 12 + 9, 61 = 16 x 3 + 13), or
+    all equal (16 = 8 + 8, tiles of 4 with more tiles than slots), 200 channels (two CTAs wide)."""
+    inputs = random_scan_inputs(85, 1, length, 200, 3)
+    ref, _ = oracle(inputs, reverse)
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, stages=2, segments=segments), interpret=True)
+    assert rel_err(selective_scan(**_f32(inputs), reverse=reverse, backend=backend), ref) < 1e-5
+
+
+@pytest.mark.parametrize("drop", [(), ("D", "z", "delta_bias")])
+def test_fused_two_directions_with_segments(drop):
+    """Both directions in one launch per segment, with and without D, z and delta_bias."""
+    inputs = {k: v for k, v in random_scan_inputs(86, 1, 33, 200, 3, lead=(2,)).items() if k not in drop}
+    ref, _ = oracle(inputs, bidirectional=True)
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, stages=2, segments=3), interpret=True)
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=backend), ref) < 1e-5
+
+
+def test_two_launches_with_segments(monkeypatch):
+    """Where no park fits, two one-direction launches, each with its segments."""
+    from pallas_kernels.mosaic_scan import forward
+
+    monkeypatch.setattr(forward, "SMEM_BYTES", 0)
+    inputs = random_scan_inputs(87, 2, 21, 5, 2, lead=(2,))
+    ref, _ = oracle(inputs, bidirectional=True)
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, stages=2, segments=2), interpret=True)
+    assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=backend), ref) < 1e-5
+
+
+def _plan(shape, ndir, **cfg):
+    return ms.MosaicScan(ms.MosaicScanConfig(**cfg))._plan(shape, 16, jnp.bfloat16, True, ndir)
+
+
+def test_plan_cuts_only_calls_that_leave_the_gpu_idle():
+    """Enough CTAs (Vim-S at batch 128: 768 for 132 multiprocessors): one segment, fused where the
+    park fits, else two launches. Batch 8 at 6085 tokens (24 CTAs): 11 segments of whole tiles for
+    2 CTAs per multiprocessor, both directions as two launches (a 560-token park does not fit)."""
+    assert _plan((128, 197, 768), 1) == (197, True)
+    assert _plan((128, 197, 768), 2) == (197, True)
+    assert _plan((128, 730, 384), 2) == (730, False)
+    assert _plan((8, 6085, 384), 1) == (560, True)
+    assert _plan((8, 6085, 384), 2) == (560, False)
+    assert _plan((8, 6085, 384), 1, segments=1) == (6085, True)
+    assert _plan((8, 6085, 384), 2, segments=22) == (288, True)
+    assert _plan((8, 200, 384), 1) == (200, True)  # two segments would be under min_segment
+
+
+@pytest.mark.parametrize("length,tile,drop,out_scale", [
+    (33, 4, (), 0.5),  # 9 tiles: 4 parked by the forward warpgroup, 5 by the backward one
+    (19, 16, ("D", "z", "delta_bias"), 1.0),  # 2 tiles, the backward one's first is ragged
+    (1, 16, (), 0.5),  # one tile: the forward warpgroup parks nothing, the backward one all
+])
+def test_two_warpgroups_scan_both_directions_at_once(length, tile, drop, out_scale):
+    inputs = {k: v for k, v in random_scan_inputs(88, 1, length, 200, 3, lead=(2,)).items() if k not in drop}
+    ref, _ = oracle(inputs, bidirectional=True, out_scale=out_scale)
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=tile, stages=2, two_warpgroups=True), interpret=True)
+    out = selective_scan_bidirectional(**_f32(inputs), out_scale=out_scale, backend=backend)
+    assert rel_err(out, ref) < 1e-5
