@@ -54,11 +54,11 @@ def get_config(arg: str | None = None):
                          num_workers=0)
         c.global_batch_size = 8
         c.eval_batch_size = 16
-        c.num_train_steps = 300
-        c.optim.update(base_lr=1e-3, poly_warmup_steps=30, layer_decay=None)
-        c.log_every_steps = 10
-        c.eval_every_steps = 100
-        c.checkpoint_every_steps = 100
+        c.num_train_steps = 2000
+        c.optim.update(base_lr=3e-3, poly_warmup_steps=100, layer_decay=None)
+        c.log_every_steps = 50
+        c.eval_every_steps = 500
+        c.checkpoint_every_steps = 500
         c.keep_checkpoints = 2
         return c
 
