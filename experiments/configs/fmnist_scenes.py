@@ -1,7 +1,9 @@
 """UperNet segmentors on Fashion-MNIST scenes (11 classes: background and the ten garments; see
 docs/fmnist_scenes.md), with the official ADE20K recipe's optimizer, pipeline and evaluation.
 
-CPU run (a four-block Vim-UperNet on 64x64 crops of 64-96 px scenes; minutes on two cores):
+CPU run (a four-block, 64-wide Vim-UperNet on 64x64 crops of 64-96 px scenes, 2000 steps; on a
+shared, loaded two-core CPU: 9.8 minutes, 283 s of CPU time, test mIoU 0.122, pixel accuracy
+0.815; the model has only begun to tell the garments apart):
 
     vim-jax train --config experiments/configs/fmnist_scenes.py:cpu --workdir runs/scenes_cpu
 

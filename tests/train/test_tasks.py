@@ -22,10 +22,11 @@ SCENES_CPU = f"{REPO / 'experiments' / 'configs' / 'fmnist_scenes.py'}:cpu"
 
 @pytest.fixture(scope="module")
 def task_and_model():
-    """The :cpu config's task with a 32 px window, its model in eval mode, and the task's
+    """The :cpu config's task on the registered test segmentor (32 px windows; built as in
+    tests/segmentation, so a session builds it once), its model in eval mode, and the task's
     evaluation jitted (all batches here have one shape: one program)."""
     config = load_config(SCENES_CPU)
-    config.model.update(crop_size=32, slide_stride=24)
+    config.model = type(config.model)({"num_classes": 11})
     model = vim_jax.create_model(config.model_name, **config.model.to_dict())
     model.eval()
     task = tasks.make_task(config)
@@ -41,6 +42,7 @@ def batch(seed: int, size: int = 32) -> dict:
             "mask": np.ones(2, bool)}
 
 
+@pytest.mark.slow  # building the test segmentor and compiling its evaluation: half a minute on two cores
 def test_evaluation_scores_the_models_own_predictions(task_and_model):
     task, model, eval_sums = task_and_model
     data = batch(0)
@@ -55,6 +57,7 @@ def test_evaluation_scores_the_models_own_predictions(task_and_model):
     assert summary["count"] == 2 and 0 <= summary["miou"] <= 1
 
 
+@pytest.mark.slow  # as above (the same program)
 def test_split_totals_are_one_confusion_matrix_without_the_padding(task_and_model):
     task, model, eval_sums = task_and_model
     a, b, c = batch(1), batch(2), batch(3)
