@@ -9,7 +9,7 @@ forward pass per batch; the last batch is padded so that a single shape is compi
 
 Segmentation (`--task segment`): a segmentor trained by `vim-jax train` (its checkpoint records
 the model and the evaluation resize) labels every pixel of each image by mmseg's sliding-window
-test mode (`vim_jax.segmentation.inference`); a PNG of the image with the labels' colours blended
+test mode (`vim_jax.segment`); a PNG of the image with the labels' colours blended
 in and a legend of the classes present is written to `--out` (`vim_jax.segmentation.overlay`).
 """
 
@@ -175,7 +175,7 @@ def overlay_paths(images: Sequence[str], out: str | None) -> list[Path]:
 
 
 def _segment(args) -> int:
-    from vim_jax.segmentation.inference import (Segmenter, check_segmentor, class_names_for, default_scale,
+    from vim_jax.segment import (Segmenter, check_segmentor, class_names_for, default_scale,
                                                 load_segmentor)
     from vim_jax.segmentation.overlay import palette_for, save_overlay
 

@@ -134,7 +134,7 @@ def classification_eval_sums(model: nnx.Module, batch: dict, *,
 
 
 def summarize_eval(sums: dict[str, Any]) -> dict[str, float]:
-    """Totals of :func:`eval_step` over a split -> mean loss and accuracies (in [0, 1])."""
+    """Totals of :func:`classification_eval_sums` over a split -> mean loss and accuracies (in [0, 1])."""
     count = max(float(sums["count"]), 1.0)
     return {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count,
             "top5": float(sums["top5"]) / count, "count": int(sums["count"])}

@@ -26,7 +26,6 @@ registered config fits it and calls the model's public methods.
 from __future__ import annotations
 
 import abc
-import functools
 from typing import Any, ClassVar
 
 import jax
@@ -37,7 +36,7 @@ from flax import nnx
 
 from vim_jax import registry
 from vim_jax.data.seg_transforms import IGNORE_INDEX
-from vim_jax.models.segmentation import SegmentorConfig, slide_inference
+from vim_jax.models.segmentation import SegmentorConfig, registered_segmentors, slide_inference
 from vim_jax.segmentation.metrics import confusion_matrix, segmentation_scores
 from vim_jax.train import input_pipeline, metrics, steps
 from vim_jax.train.segmentation_loss import segmentation_loss
@@ -158,13 +157,9 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         return ClassificationTask(config)
     if not segmentor:
         raise ValueError(f"config.task='segmentation' needs a segmentation model "
-                         f"({', '.join(_segmentors())}); {config.model_name!r} is a {type(model_config).__name__}")
+                         f"({', '.join(registered_segmentors())}); {config.model_name!r} is a "
+                         f"{type(model_config).__name__}")
     if not segmentation_data:
         raise ValueError(f"config.task='segmentation' needs a segmentation dataset "
                          f"({', '.join(input_pipeline.SEGMENTATION_DATASETS)}), not {config.dataset.name!r}")
     return SegmentationTask(config, model_config)
-
-
-@functools.cache
-def _segmentors() -> tuple[str, ...]:
-    return tuple(n for n in registry.list_models() if isinstance(registry.resolve(n).config, SegmentorConfig))

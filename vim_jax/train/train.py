@@ -21,7 +21,6 @@ from pathlib import Path
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from vim_jax import ops
@@ -102,7 +101,9 @@ def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSet
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns the last
-    evaluation: {'loss', 'top1', 'top5', 'count'} (+ 'ema_*' with ``config.eval_ema``)."""
+    evaluation, the task's numbers (classification: {'loss', 'top1', 'top5', 'count'};
+    segmentation: {'miou', 'pixel_accuracy', 'mean_accuracy', 'loss', 'count'}), + 'ema_*' with
+    ``config.eval_ema``."""
     mesh_lib.initialize_distributed(config)
     workdir = Path(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())

@@ -1,4 +1,5 @@
-"""Segmenting whole images with a registered segmentor, as mmseg's test mode does it.
+"""Segmenting whole images with a trained segmentor, as mmseg's test mode does it (what
+`vim-jax predict --task segment` runs).
 
 An image (uint8 [H, W, 3]) is resized keeping its ratio to fit ``scale`` (long, short edge
 bounds; bilinear), normalised with ImageNet's mean and std, segmented by sliding windows of the
@@ -24,22 +25,18 @@ from vim_jax.convert import fill_abstract, orbax_io
 from vim_jax.data import seg_transforms as st
 from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from vim_jax.data.device_ops import normalize
-from vim_jax.models.segmentation import SegmentorConfig, resize_bilinear, slide_inference
-from vim_jax.registry import list_models, resolve
+from vim_jax.models.segmentation import (SegmentorConfig, registered_segmentors, resize_bilinear,
+                                         slide_inference)
+from vim_jax.registry import resolve
 
 BATCH_STATS_ITEM = "batch_stats"  # the trainer's item (vim_jax.train.checkpoint)
 RUN_CONFIG_ITEM = "config"
 
 
-def segmentation_models() -> list[str]:
-    """The registered models that are segmentors."""
-    return [n for n in list_models() if isinstance(resolve(n).config, SegmentorConfig)]
-
-
 def check_segmentor(name: str) -> None:
     """Raises a ValueError naming the segmentors if ``name`` is not one."""
     if not isinstance(resolve(name).config, SegmentorConfig):
-        raise ValueError(f"{name!r} is not a segmentation model; use one of {', '.join(segmentation_models())}")
+        raise ValueError(f"{name!r} is not a segmentation model; use one of {', '.join(registered_segmentors())}")
 
 
 def default_scale(cfg: SegmentorConfig) -> tuple[int, int]:
