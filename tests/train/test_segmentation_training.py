@@ -6,13 +6,16 @@ predict --task segment` writes an overlay of the image's size."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from flax import traverse_util
 from PIL import Image
 
-from tests.train.helpers import REPO, checkpoint_steps, losses, train
+from tests.train.helpers import REPO, checkpoint_steps, losses, subprocess_env, train
 from vim_jax import cli
 from vim_jax.convert import restore_params
 from vim_jax.data import fashion_mnist as fm
@@ -129,3 +132,16 @@ def test_predict_writes_an_overlay_of_the_image_size(reference, tmp_path, capsys
         pixels = np.asarray(written.convert("RGB"))[:, :scene.shape[1]]
     assert not np.array_equal(pixels, scene)  # the label colours are blended in
     assert f"{image}: {scene.shape[1]}x{scene.shape[0]} px -> {out}" in capsys.readouterr().out
+
+
+def test_a_data_parallel_mesh_trains_like_one_device(tmp_path, compilation_cache):
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    child = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "segmentation_mesh_runs.py"), str(tmp_path)],
+                           env=subprocess_env(compilation_cache, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+                           capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert child.returncode == 0, child.stdout + child.stderr
+    runs = json.loads(child.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(runs["data2"]["losses"], runs["one"]["losses"], rtol=1e-6)
+    assert len(runs["one"]["losses"]) == 3
+    # Another reduction order may flip the arg-max of a near-tie pixel or two (of tens of thousands).
+    np.testing.assert_allclose(runs["data2"]["miou"], runs["one"]["miou"], atol=1e-4)
