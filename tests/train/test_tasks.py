@@ -23,7 +23,7 @@ SCENES_CPU = f"{REPO / 'experiments' / 'configs' / 'fmnist_scenes.py'}:cpu"
 @pytest.fixture(scope="module")
 def task_and_model():
     """The :cpu config's task on the registered test segmentor (32 px windows; built as in
-    tests/segmentation, so a session builds it once), its model in eval mode, and the task's
+    tests/segmentation, so a test run builds it once), its model in eval mode, and the task's
     evaluation jitted (all batches here have one shape: one program)."""
     config = load_config(SCENES_CPU)
     config.model = type(config.model)({"num_classes": 11})
