@@ -16,7 +16,7 @@ COMMANDS = {
     "train": ("vim_jax.train.command", "train a model from a config file"),
     "eval": ("vim_jax.train.eval_command", "evaluate a checkpoint on a dataset split"),
     "convert": ("vim_jax.convert.command", "convert an official .pth checkpoint to a vim_jax checkpoint"),
-    "predict": ("vim_jax.predict", "print the top-5 ImageNet classes of images"),
+    "predict": ("vim_jax.predict", "print the top-5 ImageNet classes of images, or write segmentation overlays"),
 }
 
 

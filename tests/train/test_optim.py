@@ -83,3 +83,17 @@ def test_per_step_schedule_and_finetune_recipe_is_constant():
     finetune = optim.learning_rate_schedule(_optim(base_lr=5e-6, warmup_lr=1e-5, min_lr=1e-5, schedule_epochs=30),
                                             1024, steps_per_epoch=3)
     np.testing.assert_allclose([float(finetune(s)) for s in range(0, 90, 7)], 1e-5, rtol=1e-6)
+
+
+def test_poly_schedule_is_chosen_by_the_config_over_the_runs_steps():
+    from vim_jax.train.segmentation_optim import poly_schedule
+
+    config = _optim(schedule="poly", base_lr=1e-4, scale_lr_by_batch=False, min_lr=0.0, poly_warmup_steps=10)
+    schedule = optim.learning_rate_schedule(config, 16, steps_per_epoch=7, total_steps=100)
+    expected = poly_schedule(1e-4, 100, warmup_steps=10, warmup_ratio=1e-6)
+    for step in (0, 5, 10, 50, 100):
+        assert float(schedule(step)) == float(expected(step))
+    with pytest.raises(ValueError, match="total number of steps"):
+        optim.learning_rate_schedule(config, 16, steps_per_epoch=7)
+    with pytest.raises(ValueError, match="expected one of"):
+        optim.learning_rate_schedule(_optim(schedule="step"), 16, steps_per_epoch=7)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from vim_jax.train.optim import make_optimizer
 from vim_jax.train.segmentation_loss import pixel_cross_entropy, segmentation_loss
-from vim_jax.train.segmentation_optim import layer_decay_scales, poly_schedule
+from vim_jax.train.segmentation_optim import layer_decay_scales, poly_schedule, stacked_block_count
 
 
 def logits_and_labels(b=2, h=5, w=6, k=4, seed=0):
@@ -117,3 +117,9 @@ def test_poly_schedule_is_mmcvs_with_linear_warmup():
         expected = regular * (1 - (1 - step / 100) * (1 - 1e-6)) if step < 100 else regular
         np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-12)
     assert float(schedule(2000)) == 0.0
+
+
+def test_the_number_of_layers_is_read_off_the_stacked_blocks():
+    assert stacked_block_count(params_like_a_segmentor(depth=5)) == 5
+    with pytest.raises(ValueError, match="one stack of blocks"):
+        stacked_block_count({"decode_head": {"classifier": {"kernel": jnp.ones((1, 1, 4, 2))}}})

@@ -84,11 +84,17 @@ def find_step_directory(path: str | os.PathLike) -> Path:
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The `vim_jax` JSON of a step directory (or of the latest step), or None if it has none."""
+    return read_json_item(path, METADATA_ITEM)
+
+
+def read_json_item(path: str | os.PathLike, item: str) -> dict | None:
+    """A JSON item of a step directory (or of the latest step), e.g. the trainer's `config`, or
+    None if it has none."""
     step = find_step_directory(path)
-    if not (step / METADATA_ITEM).is_dir():
+    if not (step / item).is_dir():
         return None
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        return checkpointer.restore(step / METADATA_ITEM)
+        return checkpointer.restore(step / item)
 
 
 def saved_shapes(path: str | os.PathLike, item: str = PARAMS_ITEM) -> Any:

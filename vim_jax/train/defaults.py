@@ -1,6 +1,8 @@
-"""Every trainer setting with its default; experiment configs start from :func:`default_config`.
+"""Every trainer setting with its default; experiment configs start from :func:`default_config`
+(classification) or :func:`default_segmentation_config`.
 
-Defaults are the official Vim (DeiT) ImageNet recipe wherever the recipe says something.
+Defaults are the official Vim (DeiT) ImageNet recipe wherever the recipe says something, and for
+segmentation the official ADE20K UperNet recipe (hustvl/Vim ``seg/``, through mmsegmentation).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ import os
 
 import ml_collections
 
+from vim_jax import registry
 from vim_jax.train.mesh import DEFAULT_RULES
 
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameters, data order, augmentation, dropout
+    c.task = "classification"  # or "segmentation": the loss, evaluation and metrics (vim_jax.train.tasks)
 
     # Model: a registered name plus VimConfig overrides (dtype is the compute dtype; parameters,
     # optimizer state, the scan state and the residual stream stay float32).
@@ -75,6 +79,12 @@ def default_config() -> ml_collections.ConfigDict:
         "b2": 0.999,
         "eps": 1e-8,
         "grad_clip_norm": None,       # upstream: no clipping
+        "schedule": "cosine",         # or "poly": mmcv's poly policy by step (the segmentation recipe) ...
+        "poly_power": 1.0,            # ... (1 - step / total) ** power ...
+        "poly_warmup_steps": 0,       # ... after a linear warm-up of this many steps ...
+        "poly_warmup_ratio": 1e-6,    # ... from this fraction of the value
+        "layer_decay": None,          # layer-wise lr decay rate (BEiT's; segmentation: 0.92), None: off
+        "layer_decay_rule": "per_block",  # or "official" (vim_jax.train.segmentation_optim)
     })
     c.ema_decay = 0.99996  # None: no EMA
     c.eval_ema = False     # also evaluate the EMA parameters (the reported numbers are non-EMA)
@@ -102,3 +112,63 @@ def default_config() -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.progress_bar = True
     return c
+
+
+def default_segmentation_config() -> ml_collections.ConfigDict:
+    """The official ADE20K UperNet recipe (hustvl/Vim ``seg/configs/vim/upernet``): AdamW lr 1e-4,
+    weight decay 0.05, layer-wise decay 0.92 (upstream's rule: only the embeddings decay, see
+    ``segmentation_optim``), poly schedule (power 1, to 0) after 1500 linear
+    warm-up steps from 1e-6 of the rate, batch 32 (8 per GPU on 4 GPUs), 60k steps, 512x512 crops
+    of the mmseg training pipeline, decode + 0.4 x auxiliary cross-entropy with ignore label 255,
+    sliding-window evaluation (the model's crop 512, stride 341) every 1000 steps, mIoU and pixel
+    accuracy. Experiment configs set the model and the data."""
+    c = default_config()
+    c.task = "segmentation"
+    c.model_name = "upernet_vim_tiny"
+    # Segmentor fields (SegmentorConfig); the backbone's drop path is in its backbone_overrides.
+    c.model = ml_collections.ConfigDict({"num_classes": 150, "dtype": "float32"})
+    c.dataset = ml_collections.ConfigDict({
+        "name": "ade20k",           # or "fmnist_scenes"
+        "data_dir": None,           # ade20k: TFDS data dir; fmnist_scenes: the Fashion-MNIST IDX folder
+        "manual_dir": None,         # ade20k: the folder of ADEChallengeData2016.zip, prepared once
+        "train_split": "train",
+        "eval_split": "validation",
+        "num_classes": 150,
+        # The training pipeline (vim_jax.data.seg_transforms.SegTrainConfig) ...
+        "scale": (2048, 512),       # (long, short) edge bounds of the keep-ratio resize ...
+        "ratio_range": (0.5, 2.0),  # ... times a random factor in this range
+        "crop_size": (512, 512),
+        "cat_max_ratio": 0.75,
+        "flip_prob": 0.5,
+        "photometric": True,
+        # ... and evaluation: the keep-ratio resize to `scale`, padded (mean colour, ignore label) to
+        # one size so that batches stack and one program compiles; it must hold every resized image.
+        "eval_pad_size": (2048, 2048),
+        # fmnist_scenes only: canvas side bounds, garments per scene, their side as a fraction of
+        # the canvas's shorter side, and the number of scenes per split.
+        "scene_size": (256, 1024),
+        "scene_items": (3, 8),
+        "scene_item_scale": (0.1, 0.4),
+        "num_train_scenes": 10000,
+        "num_eval_scenes": 500,
+        "num_workers": min(16, max(0, len(os.sched_getaffinity(0)) - 2)),
+    })
+    c.global_batch_size = 32
+    c.eval_batch_size = 8
+    c.num_train_steps = 60000
+    c.optim.update(base_lr=1e-4, scale_lr_by_batch=False, weight_decay=0.05, min_lr=0.0, schedule="poly",
+                   poly_power=1.0, poly_warmup_steps=1500, poly_warmup_ratio=1e-6, layer_decay=0.92,
+                   layer_decay_rule="official")
+    c.ema_decay = None
+    c.log_every_steps = 50
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 4
+    return c
+
+
+def backbone_overrides(model_name: str, **changes) -> tuple[tuple[str, object], ...]:
+    """The registered segmentor's ``backbone_overrides`` with ``changes`` (e.g. ``img_size=1024``,
+    ``dtype="bfloat16"``) replacing or adding fields: a value for ``config.model.backbone_overrides``."""
+    current = dict(registry.get_config(model_name).backbone_overrides)
+    return tuple({**current, **changes}.items())

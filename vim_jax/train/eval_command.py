@@ -1,9 +1,10 @@
 """``vim-jax eval --config FILE.py[:arg] --workdir DIR [--split S] [--checkpoint PATH] [--ema]``.
 
-Evaluates a checkpoint on a split of the config's dataset: top-1, top-5 and cross-entropy. By
-default the latest checkpoint of the run in DIR; ``--checkpoint`` takes an official ``.pth`` or a
-checkpoint of ours instead (position embeddings are resized to the config's model). The result
-is printed as JSON and written to ``DIR/eval_<split>.json``.
+Evaluates a checkpoint on a split of the config's dataset: the task's numbers (classification:
+top-1, top-5 and cross-entropy; segmentation: mIoU, pixel and mean accuracy). By default the
+latest checkpoint of the run in DIR; ``--checkpoint`` takes an official ``.pth`` or a
+classifier's checkpoint of ours instead (position embeddings are resized to the config's model).
+The result is printed as JSON and written to ``DIR/eval_<split>.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ml_collections
 from flax import nnx
 
 from vim_jax.convert import load_into
-from vim_jax.train import train_state
+from vim_jax.train import tasks, train_state
 from vim_jax.train.checkpoint import Checkpointer
 from vim_jax.train.config_file import accept_overrides, config_from_args
 from vim_jax.train.mesh import batch_sharding, initialize_distributed, make_mesh
@@ -41,22 +42,26 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path, 
     """Loads parameters (a run's checkpoint in ``workdir``, or ``checkpoint``) and evaluates them
     on ``config.dataset.eval_split``."""
     initialize_distributed(config)
+    task = tasks.make_task(config)
     mesh = make_mesh(config.mesh.to_dict())
     setup = train_state.model_setup(config, mesh)
     shardings = setup.state_shardings
     if checkpoint is not None:
+        if task.name != "classification":
+            raise ValueError(f"--checkpoint reads classifiers; evaluate a {task.name} run from its --workdir")
         model = load_into(setup.abstract_model, checkpoint, which="model_ema" if ema else "model")
-        _, params, rngs = nnx.split(model, nnx.Param, ...)
+        _, params, batch_stats, rngs = nnx.split(model, *train_state.VARIABLE_GROUPS)
         params = train_state.put_global(nnx.to_pure_dict(params), shardings.params)
+        batch_stats = train_state.put_global(nnx.to_pure_dict(batch_stats), shardings.batch_stats)
         rngs = train_state.put_global(nnx.to_pure_dict(rngs), shardings.rngs)
     else:
         checkpointer = Checkpointer(workdir, keep=None, asynchronous=False)
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}; pass --checkpoint PATH")
-        params, rngs = checkpointer.restore_params(setup.abstract_state, step=step, ema=ema)
+        params, batch_stats, rngs = checkpointer.restore_params(setup.abstract_state, step=step, ema=ema)
         checkpointer.close()
-    return evaluate(config, jit_eval_step(config, setup, mesh), {"params": params}, rngs,
-                    batch_sharding(mesh))["params"]
+    return evaluate(config, task, jit_eval_step(config, setup, mesh, task=task), {"params": params}, batch_stats,
+                    rngs, batch_sharding(mesh))["params"]
 
 
 def run(args: argparse.Namespace) -> int:

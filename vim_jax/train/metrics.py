@@ -7,7 +7,8 @@
   last checkpoint), so the file always describes one run;
 * TensorBoard event files under ``<workdir>/tensorboard`` (tensorboardX, imported lazily; without
   it the run goes on with a warning);
-* at the end, ``<workdir>/plots/{loss,lr,accuracy}.png`` from ``metrics.jsonl``.
+* at the end, ``<workdir>/plots/{loss,lr,accuracy}.png`` from ``metrics.jsonl`` (which plots,
+  and which keys each shows, is the task's: segmentation draws ``miou.png`` instead of accuracy).
 
 Only the first host writes; the others get a writer that does nothing.
 """
@@ -58,12 +59,14 @@ class MetricsWriter:
       active: False on all hosts but the first.
       tensorboard: write TensorBoard event files.
       progress_bar: show the tqdm bar.
+      plots: plot name -> the ``metrics.jsonl`` keys it draws (see :data:`PLOTS`).
     """
 
     def __init__(self, workdir: str | os.PathLike, *, start_step: int, total_steps: int, active: bool = True,
-                 tensorboard: bool = True, progress_bar: bool = True):
+                 tensorboard: bool = True, progress_bar: bool = True, plots: dict | None = None):
         self.workdir = Path(workdir)
         self.active = active
+        self.plots = PLOTS if plots is None else plots
         self._tb = None
         self._bar = None
         if not active:
@@ -119,7 +122,7 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
         if plot:
-            plot_metrics(self.workdir)
+            plot_metrics(self.workdir, self.plots)
 
 
 class LogWindow:
@@ -181,8 +184,9 @@ PLOTS = {
 }
 
 
-def plot_metrics(workdir: str | os.PathLike) -> list[Path]:
-    """Draws ``<workdir>/plots/{loss,lr,accuracy}.png`` from ``metrics.jsonl``; returns the files."""
+def plot_metrics(workdir: str | os.PathLike, plots: dict | None = None) -> list[Path]:
+    """Draws ``<workdir>/plots/<name>.png`` for each of ``plots`` (default :data:`PLOTS`: loss, lr,
+    accuracy) from ``metrics.jsonl``; returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -192,7 +196,7 @@ def plot_metrics(workdir: str | os.PathLike) -> list[Path]:
     out_dir = Path(workdir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, keys in PLOTS.items():
+    for name, keys in (PLOTS if plots is None else plots).items():
         series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))] for k in keys}
         series = {k: v for k, v in series.items() if v}
         if not series:

@@ -17,6 +17,9 @@ parameters stack the blocks (``layers``) and the scan directions (``direction``)
 axes, so a tensor's official rank is its number of logical axes other than those two. The
 official runs decay the 2-D ``A_log`` (its no-decay tag was never read); ``decay_A_log=False``
 excludes it instead.
+
+The segmentation recipe (``schedule="poly"``, ``layer_decay``) uses mmcv's poly schedule by step
+and BEiT's layer-wise learning-rate decay instead (``vim_jax.train.segmentation_optim``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vim_jax.train import segmentation_optim
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token")
 STACKING_AXES = ("layers", "direction")
 LR_REFERENCE_BATCH = 512  # DeiT: lr = args.lr * global_batch / 512
@@ -38,10 +43,25 @@ def peak_learning_rate(optim: ml_collections.ConfigDict, global_batch_size: int)
     return optim.base_lr * scale
 
 
+SCHEDULES = ("cosine", "poly")
+
+
 def learning_rate_schedule(optim: ml_collections.ConfigDict, global_batch_size: int,
-                           steps_per_epoch: int) -> optax.Schedule:
-    """Step -> learning rate (see the module docstring); jit-able and callable on host ints."""
+                           steps_per_epoch: int, total_steps: int | None = None) -> optax.Schedule:
+    """Step -> learning rate (see the module docstring); jit-able and callable on host ints.
+
+    ``optim.schedule`` "poly" is mmcv's poly policy over ``total_steps`` with a linear warm-up of
+    ``optim.poly_warmup_steps`` from ``optim.poly_warmup_ratio`` times the value.
+    """
     peak = peak_learning_rate(optim, global_batch_size)
+    if optim.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule={optim.schedule!r}; expected one of {SCHEDULES}")
+    if optim.schedule == "poly":
+        if total_steps is None:
+            raise ValueError("the poly schedule needs the run's total number of steps")
+        return segmentation_optim.poly_schedule(peak, total_steps, power=optim.poly_power, min_lr=optim.min_lr,
+                                                warmup_steps=optim.poly_warmup_steps,
+                                                warmup_ratio=optim.poly_warmup_ratio)
     warmup_lr, min_lr = optim.warmup_lr, optim.min_lr
     warmup_epochs, epochs = optim.warmup_epochs, optim.schedule_epochs
 
@@ -93,6 +113,16 @@ def scale_by_tree(scales: dict) -> optax.GradientTransformation:
         return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def layer_lr_scales(optim: ml_collections.ConfigDict, param_shapes: dict) -> dict | None:
+    """Layer-wise learning-rate factors per parameter (``optim.layer_decay``: the rate; None: none),
+    over as many layers as the parameters stack blocks."""
+    if not optim.layer_decay:
+        return None
+    return segmentation_optim.layer_decay_scales(
+        param_shapes, num_layers=segmentation_optim.stacked_block_count(param_shapes), rate=optim.layer_decay,
+        rule=optim.layer_decay_rule)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, decay_mask: dict,

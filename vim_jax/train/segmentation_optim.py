@@ -52,6 +52,21 @@ def layer_decay_scales(params: dict, *, num_layers: int, rate: float, rule: str 
     return jax.tree_util.tree_map_with_path(decide, params)
 
 
+def stacked_block_count(params: dict) -> int:
+    """Rows of the stacked blocks (the leading axis of every parameter under `blocks`)."""
+    rows = set()
+
+    def visit(path, value):
+        if BLOCKS_NAME in [getattr(k, "key", None) for k in path]:
+            rows.add(value.shape[0])
+
+    jax.tree_util.tree_map_with_path(visit, params)
+    if len(rows) != 1:
+        raise ValueError(f"layer-wise decay needs one stack of blocks named {BLOCKS_NAME!r} in the parameters; "
+                         f"found leading axes {sorted(rows) or 'none'}")
+    return rows.pop()
+
+
 def poly_schedule(base_lr: float, total_steps: int, *, power: float = 1.0, min_lr: float = 0.0,
                   warmup_steps: int = 0, warmup_ratio: float = 1e-6) -> optax.Schedule:
     """mmcv's `poly` policy by iteration: `(base - min) * (1 - t / total) ** power + min`, and in

@@ -4,6 +4,8 @@
 optimizer state, EMA, step, dropout RNG and the data position all come back, so a run stopped at
 any point (SIGTERM, ``stop_after_steps``, a crash after the last checkpoint) and resumed computes
 the same losses as one never interrupted. Rerunning a finished run only evaluates it again.
+What is task-specific (loss, evaluation, metrics, plots) comes from ``config.task``'s
+:class:`~vim_jax.train.tasks.Task`.
 
 Each step hands the next prefetched, sharded batch to a jitted ``train_step`` whose state is
 donated (updated in place), then reads the *previous* step's metrics: reading one step late keeps
@@ -19,12 +21,11 @@ from pathlib import Path
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from vim_jax import ops
 from vim_jax.data.pipeline import prefetch_to_device
-from vim_jax.train import input_pipeline, optim, steps, train_state
+from vim_jax.train import input_pipeline, optim, steps, tasks, train_state
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train.checkpoint import Checkpointer
 from vim_jax.train.compiler_options import step_compiler_options
@@ -40,33 +41,43 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradients became NaN/inf; the checkpoints on disk all predate it."""
 
 
-def evaluate(config: ml_collections.ConfigDict, eval_fn, param_sets: dict[str, dict], rngs,
-             batch_sharding) -> dict[str, dict[str, float]]:
-    """Mean loss, top-1 and top-5 of each named parameter set (e.g. the raw and the EMA weights)
-    over the evaluation split (or its first ``config.max_eval_batches`` batches), in one pass:
-    each batch is decoded once and scored by every set. ``eval_fn`` is :func:`jit_eval_step`'s."""
+def evaluate(config: ml_collections.ConfigDict, task: tasks.Task, eval_fn, param_sets: dict[str, dict],
+             batch_stats: dict, rngs, batch_sharding) -> dict[str, dict[str, float]]:
+    """The task's evaluation (classification: mean loss, top-1, top-5) of each named parameter set
+    (e.g. the raw and the EMA weights) over the evaluation split (or its first
+    ``config.max_eval_batches`` batches), in one pass: each batch is decoded once and scored by
+    every set. ``eval_fn`` is :func:`jit_eval_step`'s."""
     batches = input_pipeline.make_iterator(config, config.dataset.eval_split, train=False)
     if config.max_eval_batches:
         batches.num_steps = min(batches.num_steps, config.max_eval_batches)
-    totals = None
+    totals = dict.fromkeys(param_sets)
     prefetcher = prefetch_to_device(batches, batch_sharding, config.prefetch_batches)
     try:
         for batch in prefetcher:
-            sums = eval_fn(param_sets, rngs, batch)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            sums = eval_fn(param_sets, batch_stats, rngs, batch)
+            totals = {name: task.accumulate(totals[name], sums[name]) for name in param_sets}
     finally:
         prefetcher.close()
         batches.close()
-    return {name: steps.summarize_eval(sums) for name, sums in jax.device_get(totals).items()}
+    return {name: task.summarize(sums) for name, sums in jax.device_get(totals).items()}
 
 
-def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh, steps_per_epoch: int):
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """``config.num_train_steps``, or ``config.num_epochs`` of ``steps_per_epoch``."""
+    return config.num_train_steps or max(1, round(config.num_epochs * steps_per_epoch))
+
+
+def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh, steps_per_epoch: int,
+                   task: tasks.Task | None = None):
     """``train_step`` jitted for this config, model and mesh: (state, batch) -> (state, metrics),
-    with the state's shardings explicit, its buffers donated and the platform's compiler options."""
-    schedule = optim.learning_rate_schedule(config.optim, config.global_batch_size, steps_per_epoch)
+    with the state's shardings explicit, its buffers donated and the platform's compiler options.
+    ``task`` defaults to the config's."""
+    task = task or tasks.make_task(config)
+    schedule = optim.learning_rate_schedule(config.optim, config.global_batch_size, steps_per_epoch,
+                                            total_train_steps(config, steps_per_epoch))
     return jax.jit(
         functools.partial(steps.train_step, graphdef=setup.train_graphdef, tx=setup.tx, schedule=schedule,
-                          batch_to_targets=input_pipeline.batch_to_targets(config),
+                          batch_to_targets=task.batch_to_targets, loss=task.loss,
                           augment_key=jax.random.fold_in(jax.random.key(config.seed), _MIXUP_SALT),
                           ema_decay=config.ema_decay or None, skip_nonfinite=config.skip_nonfinite_steps),
         in_shardings=(setup.state_shardings, mesh_lib.batch_sharding(mesh)),
@@ -75,26 +86,28 @@ def jit_train_step(config: ml_collections.ConfigDict, setup: train_state.ModelSe
 
 
 def jit_eval_step(config: ml_collections.ConfigDict, setup: train_state.ModelSetup, mesh,
-                  names: tuple[str, ...] = ("params",)):
+                  names: tuple[str, ...] = ("params",), task: tasks.Task | None = None):
     """``eval_step`` jitted for this config's data, model and mesh over parameter sets named
-    ``names``: ({name: params}, rngs, batch) -> {name: replicated sums}."""
+    ``names``: ({name: params}, batch_stats, rngs, batch) -> {name: replicated sums}."""
     shardings = setup.state_shardings
-    model_inputs = input_pipeline.model_inputs(config)
+    eval_sums = (task or tasks.make_task(config)).eval_sums
 
-    def eval_sets(param_sets, rngs, batch):
-        return {name: steps.eval_step(params, rngs, batch, graphdef=setup.eval_graphdef,
-                                      model_inputs=model_inputs)
+    def eval_sets(param_sets, batch_stats, rngs, batch):
+        return {name: steps.eval_step(params, batch_stats, rngs, batch, graphdef=setup.eval_graphdef,
+                                      eval_sums=eval_sums)
                 for name, params in param_sets.items()}
 
-    return jax.jit(eval_sets, in_shardings=({name: shardings.params for name in names}, shardings.rngs,
-                                            mesh_lib.batch_sharding(mesh)),
+    return jax.jit(eval_sets, in_shardings=({name: shardings.params for name in names}, shardings.batch_stats,
+                                            shardings.rngs, mesh_lib.batch_sharding(mesh)),
                    out_shardings=mesh_lib.replicated(mesh),
                    compiler_options=step_compiler_options(mesh.devices.flat[0].platform))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns the last
-    evaluation: {'loss', 'top1', 'top5', 'count'} (+ 'ema_*' with ``config.eval_ema``)."""
+    evaluation, the task's numbers (classification: {'loss', 'top1', 'top5', 'count'};
+    segmentation: {'miou', 'pixel_accuracy', 'mean_accuracy', 'loss', 'count'}), + 'ema_*' with
+    ``config.eval_ema``."""
     mesh_lib.initialize_distributed(config)
     workdir = Path(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.to_dict())
@@ -108,9 +121,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
+    task = tasks.make_task(config)
     train_data = input_pipeline.make_iterator(config, config.dataset.train_split, train=True)
     steps_per_epoch = train_data.sampler.steps_per_epoch
-    total_steps = config.num_train_steps or max(1, round(config.num_epochs * steps_per_epoch))
+    total_steps = total_train_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps or steps_per_epoch
 
     # Model, optimizer and state: restored if the workdir has checkpoints, else initialised.
@@ -128,18 +142,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             raise ValueError("this config fine-tunes a pretrained model: pass --config.init_from=PATH "
                              "(an official .pth or a vim_jax checkpoint)")
         state = train_state.init_state(config, setup)
+        if config.init_from and task.name != "classification":
+            raise ValueError(f"config.init_from: starting a {task.name} model from a checkpoint is not supported; "
+                             "leave it None to train from scratch")
         if config.init_from:
             state = train_state.load_pretrained(state, config, setup)
     start_step = int(jax.device_get(state.step))
     # `stop_after_steps` ends this invocation early, exactly as a SIGTERM at that step would.
     last_step = min(total_steps, config.stop_after_steps or total_steps)
 
-    train_step = jit_train_step(config, setup, mesh, steps_per_epoch)
+    train_step = jit_train_step(config, setup, mesh, steps_per_epoch, task)
     with_ema = bool(config.eval_ema) and state.ema_params is not None
-    eval_fn = jit_eval_step(config, setup, mesh, ("params", "ema") if with_ema else ("params",))
+    eval_fn = jit_eval_step(config, setup, mesh, ("params", "ema") if with_ema else ("params",), task)
 
     writer = MetricsWriter(workdir, start_step=start_step, total_steps=total_steps, active=is_main,
-                           tensorboard=config.tensorboard, progress_bar=config.progress_bar)
+                           tensorboard=config.tensorboard, progress_bar=config.progress_bar, plots=task.plots)
     window = LogWindow(config.global_batch_size)
     writer.message(f"{'resuming' if start_step else 'starting'} at step {start_step} of {total_steps} "
                    f"({steps_per_epoch} steps per epoch) on {mesh.devices.size} device(s), mesh {dict(mesh.shape)}")
@@ -149,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     def run_eval(step: int) -> dict[str, float]:
         param_sets = {"params": state.params, "ema": state.ema_params} if with_ema else {"params": state.params}
-        results = evaluate(config, eval_fn, param_sets, state.rngs, batch_sharding)
+        results = evaluate(config, task, eval_fn, param_sets, state.batch_stats, state.rngs, batch_sharding)
         result = results["params"]
         if with_ema:
             result.update({f"ema_{k}": v for k, v in results["ema"].items() if k != "count"})
@@ -173,7 +190,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         writer.progress(step, loss, lr, images_per_second)
         if step % config.log_every_steps == 0 or step == last_step:
             scalars = {"train/loss": window.flush(step), "train/lr": lr, "train/grad_norm": float(m["grad_norm"]),
-                       "train/param_norm": float(m["param_norm"]), "epoch": step / steps_per_epoch}
+                       "train/param_norm": float(m["param_norm"]), "epoch": step / steps_per_epoch,
+                       **{f"train/{k}": float(v) for k, v in m["parts"].items()}}  # this step's, not a mean
             if images_per_second is not None:
                 scalars["train/images_per_second"] = images_per_second
             writer.write(step, scalars)

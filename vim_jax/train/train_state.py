@@ -4,6 +4,10 @@ The parameters are created inside ``jax.jit`` with the state's shardings as outp
 each device materialises only its shard (and every host of a multi-host run agrees on the
 values, being seeded alike). A pretrained checkpoint (``config.init_from``) replaces the freshly
 initialised parameters; the optimizer moments start at zero either way.
+
+The model's variables are split three ways: parameters (``nnx.Param``, the only ones the
+optimizer sees), BatchNorm statistics (``nnx.BatchStat``: the forward pass in train mode updates
+them) and the rest (RNG streams).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from vim_jax.train import optim
 from vim_jax.train.steps import TrainState
 
 log = logging.getLogger(__name__)
+
+# How a model's variables are split: parameters, BatchNorm statistics, the rest (RNG streams).
+VARIABLE_GROUPS = (nnx.Param, nnx.BatchStat, ...)
 
 
 def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -78,20 +85,23 @@ def model_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> ModelSetup:
     found: dict[str, Any] = {}  # static facts read during the trace (no traced values leave it)
 
     def fresh_state() -> TrainState:
-        """Step 0: new parameters, zero Adam moments, EMA = parameters, the model's fresh RNG streams."""
+        """Step 0: new parameters, zero Adam moments, EMA = parameters, the model's fresh RNG streams
+        and BatchNorm statistics."""
         model = create_model(config)
         model.train()
-        train_graphdef, params, rngs = nnx.split(model, nnx.Param, ...)
+        train_graphdef, params, batch_stats, rngs = nnx.split(model, *VARIABLE_GROUPS)
         model.eval()
-        eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+        eval_graphdef, *_ = nnx.split(model, *VARIABLE_GROUPS)
         graphdef, variables = nnx.split(model)
         param_shardings = mesh_lib.state_shardings(params, mesh, rules)
-        decay_mask = optim.weight_decay_mask(nnx.to_pure_dict(_shapes_of(params)), mesh_lib.logical_axes_of(params),
+        param_shapes = nnx.to_pure_dict(_shapes_of(params))
+        decay_mask = optim.weight_decay_mask(param_shapes, mesh_lib.logical_axes_of(params),
                                              decay_A_log=config.optim.decay_A_log)
-        tx = optim.make_optimizer(config.optim, decay_mask)
+        tx = optim.make_optimizer(config.optim, decay_mask, lr_scales=optim.layer_lr_scales(config.optim, param_shapes))
         params = nnx.to_pure_dict(params)
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                           ema_params=params if config.ema_decay else None, rngs=nnx.to_pure_dict(rngs))
+                           ema_params=params if config.ema_decay else None, rngs=nnx.to_pure_dict(rngs),
+                           batch_stats=nnx.to_pure_dict(batch_stats))
         shardings = TrainState(
             step=replicated,
             params=param_shardings,
@@ -100,7 +110,8 @@ def model_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> ModelSetup:
                                             transform_non_params=lambda _: replicated,
                                             is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)),
             ema_params=param_shardings if config.ema_decay else None,
-            rngs=jax.tree.map(lambda _: replicated, state.rngs))
+            rngs=jax.tree.map(lambda _: replicated, state.rngs),
+            batch_stats=jax.tree.map(lambda _: replicated, state.batch_stats))
         found.update(train_graphdef=train_graphdef, eval_graphdef=eval_graphdef, decay_mask=decay_mask, tx=tx,
                      shardings=shardings, abstract_model=(graphdef, _shapes_of(variables)))
         return jax.lax.with_sharding_constraint(state, shardings)

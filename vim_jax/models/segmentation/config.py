@@ -57,3 +57,10 @@ class SegmentorConfig:
 
     def replace(self, **changes) -> "SegmentorConfig":
         return dataclasses.replace(self, **changes)
+
+
+def registered_segmentors() -> list[str]:
+    """The registered models whose config is a `SegmentorConfig`, sorted."""
+    from vim_jax.registry import list_models, resolve  # the registry imports the presets that import this
+
+    return [name for name in list_models() if isinstance(resolve(name).config, SegmentorConfig)]

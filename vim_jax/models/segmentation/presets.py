@@ -1,5 +1,5 @@
 """Registered segmentors: the official ADE20K UperNet models (`seg/configs/vim/upernet/` in
-hustvl/Vim) and a tiny one for tests.
+hustvl/Vim), the same UperNet on DeiT-Ti for comparison, and a tiny one for tests.
 
 The official segmentation backbones have no class token (Vim-S is built with one, which is then
 deleted with its position-embedding row), drop path 0.1, and are built for the 512 crop; Vim-Ti
@@ -34,6 +34,13 @@ register_model(
         ("img_size", 512), ("residual_in_fp32", True), ("rope", True), ("rope_residual", True),
         ("drop_path_rate", 0.1))),
     _build, eval_settings=_ADE, description="UperNet + Vim-S, ADE20K 150 classes, the official recipe")
+# mmseg's ViT/DeiT UperNet reads blocks 2, 5, 8 and 11 of twelve; the class token is dropped from
+# the maps. The widths are those of the Vim-Ti segmentor, so that only the backbone differs.
+register_model(
+    "upernet_deit_tiny",
+    SegmentorConfig(backbone="deit_tiny", out_indices=(2, 5, 8, 11), decode_channels=192, backbone_overrides=(
+        ("num_classes", 0), ("img_size", 512), ("drop_path_rate", 0.1))),
+    _build, eval_settings=_ADE, description="UperNet + DeiT-Ti, ADE20K 150 classes, Vim-Ti's head widths")
 register_model(
     "upernet_vim_test",
     SegmentorConfig(backbone="vim_test", out_indices=(0, 1, 2, 3), num_classes=11, decode_channels=16,
