@@ -195,3 +195,22 @@ def test_remat_gives_the_same_gradients():
         g[remat] = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x))))(model)
     for a, b in zip(jax.tree.leaves(g[False]), jax.tree.leaves(g[True])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_models_of_one_config_share_the_compiled_initialiser_not_the_parameters():
+    """`create_model` compiles one initialiser per config and reuses it: the seed is its input."""
+    from flax import traverse_util
+
+    def params(**kwargs):
+        model = vim_jax.create_model("vim_test", **kwargs)
+        return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+    first, again, other = params(seed=0), params(seed=0), params(seed=1)
+    given = params(rngs=nnx.Rngs(params=1, dropout=2))
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=str(key))
+        np.testing.assert_array_equal(other[key], given[key], err_msg=str(key))
+    drawn = [("pos_embed",), ("cls_token",), ("patch_embed", "kernel"), ("head", "kernel"),
+             ("blocks", "mixer", "in_proj"), ("blocks", "mixer", "conv_kernel"), ("blocks", "mixer", "dt_proj_bias")]
+    for key in drawn:
+        assert not np.array_equal(first[key], other[key]), key
