@@ -6,6 +6,8 @@ same inputs rounded to float32 (or bf16). Inputs are fresh random draws, at awkw
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,10 +41,20 @@ def rel_err(x, ref):
 
 
 def oracle(inputs, reverse=False, bidirectional=False, out_scale=0.5, wrt=()):
-    """Float64 values (and gradients of `sum(out * cotangent)` w.r.t. `wrt`) from the reference."""
-    with jax.enable_x64(True):
-        args = {k: jnp.asarray(v, jnp.float64) for k, v in inputs.items()}
-        return _evaluate(args, "reference", reverse, bidirectional, out_scale, wrt)
+    """Float64 values (and gradients of `sum(out * cotangent)` w.r.t. `wrt`) from the reference,
+    as numpy arrays. Every backend's tests ask for the same inputs, so each answer is computed once
+    per session (keyed by the inputs' bytes, not by who asks)."""
+    key = (tuple((k, v.shape, hashlib.sha256(np.ascontiguousarray(v)).hexdigest()) for k, v in sorted(inputs.items())),
+           reverse, bidirectional, out_scale, tuple(wrt))
+    if key not in _ORACLE_ANSWERS:
+        with jax.enable_x64(True):
+            args = {k: jnp.asarray(v, jnp.float64) for k, v in inputs.items()}
+            out, grads = _evaluate(args, "reference", reverse, bidirectional, out_scale, wrt)
+            _ORACLE_ANSWERS[key] = np.asarray(out), {k: np.asarray(g) for k, g in grads.items()}
+    return _ORACLE_ANSWERS[key]
+
+
+_ORACLE_ANSWERS: dict = {}
 
 
 def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
