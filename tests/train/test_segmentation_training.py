@@ -141,7 +141,9 @@ def test_a_data_parallel_mesh_trains_like_one_device(tmp_path, compilation_cache
                            capture_output=True, text=True, cwd=REPO, timeout=900)
     assert child.returncode == 0, child.stdout + child.stderr
     runs = json.loads(child.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(runs["data2"]["losses"], runs["one"]["losses"], rtol=1e-6)
+    # float32 sums in another order (the loss mean and BatchNorm's batch statistics are summed per
+    # device first): 1e-6 apart after two steps; a wrongly sharded batch is off by far more.
+    np.testing.assert_allclose(runs["data2"]["losses"], runs["one"]["losses"], rtol=1e-5)
     assert len(runs["one"]["losses"]) == 3
     # Another reduction order may flip the arg-max of a near-tie pixel or two (of tens of thousands).
     np.testing.assert_allclose(runs["data2"]["miou"], runs["one"]["miou"], atol=1e-4)

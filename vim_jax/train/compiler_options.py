@@ -22,7 +22,8 @@ def _accepted(platform: str) -> bool:
     """Whether this jax's XLA compiles with `CPU_OPTIONS` (an experimental option, which other
     XLA versions may name differently or not have)."""
     try:
-        jax.jit(lambda x: x + 1, backend=platform).lower(np.float32(0)).compile(compiler_options=CPU_OPTIONS)
+        x = jax.device_put(np.float32(0), jax.local_devices(backend=platform)[0])
+        jax.jit(lambda x: x + 1).lower(x).compile(compiler_options=CPU_OPTIONS)
     except jax.errors.JaxRuntimeError:
         return False
     return True
