@@ -10,7 +10,8 @@ time in one XLA fusion that makes the scan's input `u = silu(conv(x))` for both 
 `in_proj`'s output. This times, for the released models' shapes, the pieces from `xz = h W_in`
 to what the fused bidirectional scan reads (`u` stacked, `z`), in several formulations:
 
-  stack7     the model's `depthwise_conv1d` (both directions over the union of 7 offsets)
+  stack7     both directions over the union of 7 offsets, bf16 products and sums (the model's
+             `depthwise_conv1d` when this was first run; the model now does `taps4_f32`)
   taps4      each direction's own 4 shifted slices, summed, stacked
   taps4_f32  the same with products and sums in float32 (one rounding, at the end)
   lax_conv   `lax.conv_general_dilated` with one group per channel, per direction, stacked
@@ -53,8 +54,13 @@ def shifted_sum(x, kernel, reverse, dtype):
 def conv_variant(name, x, kernel, bias):
     """`[2, b, L, E]`: silu(conv_k(x) + bias_k) for k = forwards, backwards."""
     dtype = x.dtype
-    if name == "stack7":
-        return jax.nn.silu(depthwise_conv1d(x, kernel.astype(dtype), bias.astype(dtype), (False, True)))
+    if name == "stack7":  # the model's formulation before this comparison, kept here to be timed
+        length = x.shape[1]
+        xp = jnp.pad(x, ((0, 0), (K - 1, K - 1), (0, 0)))
+        shifted = [jax.lax.slice_in_dim(xp, i, i + length, axis=1) for i in range(2 * K - 1)]
+        w = [jnp.pad(kernel[0], ((0, K - 1), (0, 0))), jnp.pad(kernel[1][::-1], ((K - 1, 0), (0, 0)))]
+        return jnp.stack([jax.nn.silu(bias[k].astype(dtype) + sum(w[k][i].astype(dtype) * sh for i, sh in enumerate(shifted)))
+                          for k in range(2)])
     if name in ("taps4", "taps4_f32"):
         acc = jnp.float32 if name == "taps4_f32" else dtype
         return jnp.stack([jax.nn.silu(shifted_sum(x, kernel[k], k == 1, acc) + bias[k].astype(acc)).astype(dtype)
