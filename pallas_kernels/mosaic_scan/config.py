@@ -27,11 +27,9 @@ class MosaicScanConfig:
     park_in_output_dtype: the fused kernel parks `scale * y_0` in the output's dtype (bf16: half
       the shared memory, so twice the CTAs per SM at 197 tokens, for one more bf16 rounding of
       half the sum) instead of float32.
-    mosaic_backward: differentiate with the Mosaic backward kernel (`backward.py`); False (the
-      default) runs the differentiated call through the fallback backends instead (`vjp.py`).
-      Opt-in until the kernel has passed the float64 checks on a GPU: it is correct in the
-      Mosaic GPU interpreter, but races, barriers and layouts only show on the hardware, and a
-      GPU compile error cannot fall through to the next backend at trace time.
+    mosaic_backward: differentiate with the Mosaic backward kernel (`backward.py`, checked
+      against float64 on an H200: `experiments/results/bench_scan_h200_campaign3_*`); False
+      runs the differentiated call through the fallback backends instead (`vjp.py`).
     bwd_chunk: tokens per chunk of the backward: their states stay in registers
       (16 x bwd_chunk per thread at N = 16), and their dB, dC terms are summed over the
       channels together (`2 N bwd_chunk` rows of shared memory, rounded up to 128).
@@ -58,9 +56,9 @@ class MosaicScanConfig:
     approx_math: bool = True
     auto_barriers: bool = False
     park_in_output_dtype: bool = False
-    mosaic_backward: bool = False
+    mosaic_backward: bool = True
     bwd_chunk: int = 4
-    ckpt_chunks: int = 4
+    ckpt_chunks: int = 1
     bwd_min_ctas: int = 128
     two_warpgroups: bool = False
     segments: int = 0

@@ -2,8 +2,8 @@
 
 Under differentiation the forward rule runs the Mosaic forward and keeps only the inputs; the
 backward rule runs the Mosaic backward kernel (`backward.py`, which recomputes the states) and
-adds up its partial sums. Where that kernel should not run (`backward.supported`: not switched on
-with `MosaicScanConfig(mosaic_backward=True)`, fewer CTAs than `bwd_min_ctas`, or a state too large
+adds up its partial sums. Where that kernel should not run (`backward.supported`: switched off
+with `MosaicScanConfig(mosaic_backward=False)`, fewer CTAs than `bwd_min_ctas`, or a state too large
 for its shared memory), the forward rule runs the same call through the "pallas" backend (the Triton kernels) or through
 "reference" where those cannot run (on CPU, interpreted), and the backward is that call's VJP.
 
