@@ -4,7 +4,13 @@ mmsegmentation 0.29), 512x512 crops, 60k steps.
     vim-jax train --config experiments/configs/ade20k_upernet.py:tiny --workdir runs/upernet_vim_tiny \\
         --config.dataset.data_dir=/data/tfds --config.dataset.manual_dir=/data/ade20k
 
-(`:small` likewise.) `manual_dir` holds the official `ADEChallengeData2016.zip`
+(`:small` likewise.) The official recipe starts the backbone from the ImageNet classifier; add
+`--config.init_from=vim_t_midclstok_76p1acc.pth` (`vim_s_midclstok_80p5acc.pth` for `:small`), or
+a classifier run of ours (`--config.init_from=runs/vim_tiny/checkpoints`): its blocks fill the
+backbone, its class token and that token's position-embedding row are dropped (the middle row of
+the released models), the 14 x 14 patch rows are resized to the 32 x 32 grid of the 512 crop
+(bicubic), and its classifier is not used; the pyramid, UperNet and the auxiliary head start from
+scratch (`vim_jax.convert.read_backbone_params`). `manual_dir` holds the official `ADEChallengeData2016.zip`
 (http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip); the first run prepares
 it into `data_dir` with the TFDS builder `ade20k_scene_parsing` (`vim_jax/data/ade20k.py`), later
 runs only read `data_dir`. Evaluate, and segment a photo:
@@ -26,9 +32,9 @@ stride 341, mIoU, pixel accuracy. Upstream's fine-tuning scripts (`seg/scripts/f
 override lr to 2e-4 and the weight decay to 0.1 for Vim-Ti: `--config.optim.base_lr=2e-4
 --config.optim.weight_decay=0.1`.
 
-Differences: upstream starts the backbone from ImageNet weights (`model.backbone.pretrained`);
-this config trains from scratch (starting a segmentor from a classifier's checkpoint is not
-supported yet). Evaluation pads every resized image to 2048 x 2048 (mean colour, ignore label) so
+Differences: without `--config.init_from` the backbone trains from scratch (upstream's scripts
+always pass ImageNet weights as `model.backbone.pretrained`). Upstream resizes the position
+embedding as if its class token led the sequence; here its row is found where it is. Evaluation pads every resized image to 2048 x 2048 (mean colour, ignore label) so
 that one program compiles, and places its windows over that canvas, so pixels near the right or
 bottom edge are averaged over other windows than in mmseg; padded pixels are not scored.
 """

@@ -24,7 +24,9 @@ resize to ``scale`` x 0.5-2.0, random crop with ``cat_max_ratio`` 0.75, flip, ph
 distortion), decode + 0.4 x auxiliary cross-entropy, sliding-window evaluation (crop, and stride
 2/3 of it: 341 at 512), mIoU and pixel accuracy. Both backbones train from scratch here (no
 ImageNet weights), so the comparison is of architectures at equal steps, not of the published
-fine-tuned numbers. Scenes are generated on the fly from the Fashion-MNIST files
+fine-tuned numbers; ``--config.init_from=PATH`` starts the backbone from a classifier of the same
+architecture instead (an official ``.pth`` or a ``vim-jax train`` run's ``checkpoints``; see
+``ade20k_upernet.py``). Scenes are generated on the fly from the Fashion-MNIST files
 (``apt-get install dataset-fashion-mnist`` or ``--config.dataset.data_dir``); a run reads the
 training scenes of one seed and evaluates on test scenes built only from test garments.
 """

@@ -53,7 +53,7 @@ class LoadedParams:
 
 
 def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: str = "model",
-                new_head: bool = False) -> LoadedParams:
+                new_head: bool = False, may_differ: frozenset[str] = frozenset()) -> LoadedParams:
     """Reads and checks a checkpoint for `abstract_model` (a model or `nnx.eval_shape` of one).
 
     Args:
@@ -63,6 +63,8 @@ def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: s
       which: "model" or "model_ema" (the EMA weights of a training dict / `ema_params`).
       new_head: leave the classifier out on both sides: the checkpoint's head (any number of
         classes, or none) is not read, and the returned parameters have no `head` entry.
+      may_differ: config fields, besides the family's runtime fields, in which the model a vim_jax
+        checkpoint records may differ from `abstract_model` (a `.pth` records no config).
     Raises:
       FileNotFoundError, `CheckpointFormatError` (not a readable checkpoint) or
       `CheckpointMismatchError` (it does not fit the model).
@@ -78,7 +80,7 @@ def read_params(path: str | os.PathLike, abstract_model: nnx.Module, *, which: s
         cfg = dataclasses.replace(cfg, num_classes=0)
         expected = {k: v for k, v in expected.items() if k[0] != HEAD}
     if path.is_dir():
-        return _read_orbax(path, cfg, keys, expected, which, new_head)
+        return _read_orbax(path, cfg, keys, expected, which, new_head, may_differ)
     return _read_pth(path, cfg, keys, expected, which, new_head)
 
 
@@ -149,6 +151,12 @@ def export_official(model: nnx.Module, path: str | os.PathLike) -> Path:
 
 
 # --- official .pth -------------------------------------------------------------------------
+def official_state_keys(path: str | os.PathLike, *, which: str = "model") -> list[str]:
+    """The keys of an official `.pth` file's state dict (`which` of a training dict)."""
+    path = Path(path)
+    return list(_pick_state_dict(open_pth(path), path, which)[0])
+
+
 def _official_keys(cfg, keys: CheckpointKeys) -> CheckpointKeys:
     if keys.official_rules is None:
         raise CheckpointMismatchError(f"{type(cfg).__name__} models have no official .pth layout: they read and "
@@ -194,17 +202,28 @@ def _pick_state_dict(obj: Any, path: Path, which: str) -> tuple[dict, str]:
 
 
 # --- vim_jax orbax -------------------------------------------------------------------------
-def _read_orbax(path: Path, cfg, keys: CheckpointKeys, expected: dict, which: str, new_head: bool) -> LoadedParams:
+def recorded_config(path: str | os.PathLike, config_class: type):
+    """The model config a vim_jax checkpoint records (as a `config_class`), or None if it records
+    none; `CheckpointMismatchError` if it was written for another model family."""
+    step = orbax_io.find_step_directory(path)
+    metadata = orbax_io.read_metadata(step)
+    if not metadata:
+        return None
+    try:
+        return orbax_io.config_from_metadata(metadata, config_class)
+    except ValueError as error:  # another model family's checkpoint (a Vim's into a DeiT, ...)
+        raise CheckpointMismatchError(f"checkpoint {step} was written for model {metadata.get('model')!r}, "
+                                      f"not a {config_class.__name__} model: {error}") from None
+
+
+def _read_orbax(path: Path, cfg, keys: CheckpointKeys, expected: dict, which: str, new_head: bool,
+                may_differ: frozenset[str]) -> LoadedParams:
     step = orbax_io.find_step_directory(path)
     metadata = orbax_io.read_metadata(step)
     described = f"{step} ('{_ORBAX_ITEMS[which]}')"
-    try:
-        source_cfg = orbax_io.config_from_metadata(metadata, type(cfg)) if metadata else None
-    except ValueError as error:  # another model family's checkpoint (a Vim's into a DeiT, ...)
-        raise CheckpointMismatchError(f"checkpoint {described} was written for model {metadata.get('model')!r}, "
-                                      f"not a {type(cfg).__name__} model: {error}") from None
+    source_cfg = recorded_config(step, type(cfg))
     if source_cfg is not None:
-        free = keys.runtime_fields | ({"num_classes"} if new_head else set())
+        free = keys.runtime_fields | may_differ | ({"num_classes"} if new_head else set())
         check_config(source_cfg, cfg, described, metadata.get("model"), free)
     saved = traverse_util.flatten_dict(orbax_io.saved_shapes(step, _ORBAX_ITEMS[which]))
     if new_head:

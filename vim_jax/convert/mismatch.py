@@ -58,12 +58,17 @@ def check_entries(wanted: dict, got: dict, resizable: set, described: str, model
     raise CheckpointMismatchError("\n".join(lines))
 
 
+def config_differences(source, target, ignore: set = frozenset()) -> list[str]:
+    """`"field: checkpoint X, model Y"` for each config field (not in `ignore`) where they differ."""
+    return [f"{f.name}: checkpoint {getattr(source, f.name)!r}, model {getattr(target, f.name)!r}"
+            for f in dataclasses.fields(target)
+            if f.name not in ignore and getattr(source, f.name) != getattr(target, f.name)]
+
+
 def check_config(source, target, described: str, model_name, free: set) -> None:
     """Refuses a checkpoint whose architecture differs in ways the shapes cannot show (class-token
     layout, pooling, /2 of the directions, scan orders, ...); fields in `free` may differ."""
-    differ = [f"{f.name}: checkpoint {getattr(source, f.name)!r}, model {getattr(target, f.name)!r}"
-              for f in dataclasses.fields(target)
-              if f.name not in free and getattr(source, f.name) != getattr(target, f.name)]
+    differ = config_differences(source, target, free)
     if differ:
         hint = [NEW_HEAD_HINT] if len(differ) == 1 and differ[0].startswith("num_classes:") else []
         raise CheckpointMismatchError(

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 HEAD = "head"  # the classifier's parameters in every family (official keys `head.weight`, `head.bias`)
+CLS_TOKEN = "cls_token"  # the class token(s) in every family that has one
 Path = tuple  # a path into the nested parameter dict, optionally ending in integer indices
 
 # Config fields a checkpoint may differ in from the model it is loaded into, in every family: the
@@ -40,13 +41,22 @@ class CheckpointKeys:
     official_rules: cfg -> the `KeyRule`s of the official `.pth` state dict; None where the family
       reads vim_jax checkpoints only.
     describe_official: official keys -> shapes -> what the checkpoint looks like, for error messages.
+    with_cls_layout: (cfg, layout) -> the same model with that class-token layout: the classifier
+      whose checkpoint a class-token-free backbone (a segmentor's) starts from.
+    backbone_fields: config fields without parameters that such a backbone may set otherwise
+      than the classifier it starts from (pooling, residual precision, ...).
+    official_cls_layout: official state-dict keys -> the class-token layout they were saved with;
+      None where the family has no official layout.
     """
 
     runtime_fields: frozenset[str]
     cls_layout: Callable[[Any], str]
     describe: Callable[[Any], str]
+    with_cls_layout: Callable[[Any, str], Any]
+    backbone_fields: frozenset[str] = frozenset()
     official_rules: Callable[[Any], list[KeyRule]] | None = None
     describe_official: Callable[[dict], str] | None = None
+    official_cls_layout: Callable[[Iterable[str]], str] | None = None
 
     def official_to_ours(self, state_dict: dict[str, np.ndarray], cfg, shapes: dict) -> dict:
         """Fills a nested dict of arrays with the `shapes` of our parameter tree (nested dict of

@@ -89,11 +89,26 @@ def describe_official(got: dict) -> str:
     return "the checkpoint looks like a Vim with " + ", ".join(facts)
 
 
+def official_cls_layout(keys) -> str:
+    """The class-token layout of an official Vim state dict with these keys. Two tokens
+    (`cls_token_head`, `cls_token_tail`) lead and end the sequence; a single `cls_token` sits in
+    the middle: upstream's default (`use_middle_cls_token=True`) and every released model's."""
+    keys = set(keys)
+    if {"cls_token_head", "cls_token_tail"} <= keys:
+        return "head_tail"
+    return "middle" if "cls_token" in keys else "none"
+
+
 VIM_KEYS = CheckpointKeys(
     runtime_fields=COMMON_RUNTIME_FIELDS | {"scan_backend", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
-                                            "fix_backward_dt_init"},
+                                            "fix_backward_dt_init", "unroll_blocks"},
     cls_layout=lambda cfg: cfg.cls_token,
     describe=lambda cfg: f"bimamba={cfg.bimamba!r}",
+    with_cls_layout=lambda cfg, layout: cfg.replace(cls_token=layout),
+    # The official segmentors pool no class token, keep Vim-Ti's residual stream in the compute
+    # dtype and add RoPE (no parameters) to Vim-S, all over classifiers trained otherwise.
+    backbone_fields=frozenset({"pool", "residual_in_fp32", "rope", "rope_residual", "rope_pt_grid"}),
     official_rules=official_rules,
     describe_official=describe_official,
+    official_cls_layout=official_cls_layout,
 )

@@ -27,6 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     # A pretrained checkpoint to start from (official .pth or ours); ignored when resuming.
     c.init_from = None
     c.init_from_required = False  # fine-tuning configs: refuse to start from random parameters
+    # Where an official .pth's class token sits ("middle", "head", "head_tail", "none"), for a
+    # segmentor's backbone, which drops it; None: as the file shows (one token: the middle, as
+    # upstream's default and every released Vim). Our checkpoints record it.
+    c.init_from_cls_token = None
 
     c.dataset = ml_collections.ConfigDict({
         "name": "imagenet2012",     # or "fashion_mnist"

@@ -142,9 +142,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
             raise ValueError("this config fine-tunes a pretrained model: pass --config.init_from=PATH "
                              "(an official .pth or a vim_jax checkpoint)")
         state = train_state.init_state(config, setup)
-        if config.init_from and task.name != "classification":
-            raise ValueError(f"config.init_from: starting a {task.name} model from a checkpoint is not supported; "
-                             "leave it None to train from scratch")
         if config.init_from:
             state = train_state.load_pretrained(state, config, setup)
     start_step = int(jax.device_get(state.step))

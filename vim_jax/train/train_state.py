@@ -25,8 +25,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import vim_jax
-from vim_jax.convert import checkpoint_num_classes, orbax_io, read_params
+from vim_jax.convert import checkpoint_num_classes, orbax_io, read_backbone_params, read_params
 from vim_jax.convert.checkpoint import HEAD
+from vim_jax.models.segmentation import Segmentor
 from vim_jax.train import mesh as mesh_lib
 from vim_jax.train import optim
 from vim_jax.train.steps import TrainState
@@ -151,7 +152,21 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, setup:
     """Replaces the parameters (and EMA) by those of ``config.init_from``: an official ``.pth`` or
     a checkpoint of ours, read by ``vim_jax.convert.read_params`` (which resizes the position
     embedding to this model's patch grid). A classifier of another width is left out and the
-    freshly initialised one kept, as upstream's ``--finetune`` does."""
+    freshly initialised one kept, as upstream's ``--finetune`` does. A segmentor starts its
+    backbone from a classifier's checkpoint (``vim_jax.convert.read_backbone_params``: class token
+    and head left out, ``config.init_from_cls_token`` says where a ``.pth``'s class token sits when
+    the file cannot) and keeps its fresh neck and heads, as upstream's ``backbone.pretrained``."""
+    if isinstance(setup.abstract_model, Segmentor):
+        params = _load_backbone(state, config, setup)
+    else:
+        params = _load_classifier(state, config, setup)
+    log.info("initialised parameters from %s", config.init_from)
+    # The EMA starts from the same values in buffers of its own (the train step donates both).
+    ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
+    return state.replace(params=params, ema_params=ema)
+
+
+def _load_classifier(state: TrainState, config: ml_collections.ConfigDict, setup: ModelSetup) -> dict:
     path = config.init_from
     ours = setup.abstract_model.cfg.num_classes
     theirs = checkpoint_num_classes(path)
@@ -163,7 +178,20 @@ def load_pretrained(state: TrainState, config: ml_collections.ConfigDict, setup:
         if HEAD in state.params:  # a model with num_classes=0 has none
             params[HEAD] = state.params[HEAD]
         log.info("%s has a %d-class head, the model %d classes: the head starts from scratch", path, theirs, ours)
-    log.info("initialised parameters from %s", path)
-    # The EMA starts from the same values in buffers of its own (the train step donates both).
-    ema = jax.tree.map(jnp.copy, params) if state.ema_params is not None else None
-    return state.replace(params=params, ema_params=ema)
+    return params
+
+
+def _load_backbone(state: TrainState, config: ml_collections.ConfigDict, setup: ModelSetup) -> dict:
+    segmentor = setup.abstract_model
+    loaded = read_backbone_params(config.init_from, segmentor.backbone_model, cls_token=config.init_from_cls_token)
+    *parents, name = Segmentor.BACKBONE_PATH
+    shardings = setup.state_shardings.params
+    params = dict(state.params)
+    node = params
+    for key in parents:  # copies of the dicts down to the backbone's, the rest shared
+        node[key] = dict(node[key])
+        node, shardings = node[key], shardings[key]
+    node[name] = put_global(loaded.params, shardings[name])
+    fresh = sorted(key for key in state.params if key != Segmentor.BACKBONE_PATH[0])
+    log.info("%s; %s start from scratch", loaded.describe(), ", ".join(fresh))
+    return params

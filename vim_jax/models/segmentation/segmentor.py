@@ -37,6 +37,15 @@ class Segmentor(nnx.Module):
         self.auxiliary_head = (FCNHead(dim, cfg.aux_channels, cfg.num_classes, num_convs=cfg.aux_num_convs,
                                        dropout=cfg.dropout, dtype=dtype, rngs=rngs) if cfg.aux_channels else None)
 
+    # Where the backbone model sits in the parameter tree (under the feature extractor).
+    BACKBONE_PATH = ("backbone", "backbone")
+
+    @property
+    def backbone_model(self) -> nnx.Module:
+        """The backbone model itself (a VisionMamba, DeiT, ...): what a classifier's checkpoint
+        initialises (`vim_jax.convert.read_backbone_params`); its parameters are at `BACKBONE_PATH`."""
+        return self.backbone.backbone
+
     def forward_train(self, images):
         """-> (decode logits `[b, h/4, w/4, classes]`, auxiliary logits `[b, h/16, w/16, classes]`
         or None), float32."""
