@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from vim_jax import huge_pages
 from vim_jax.train.config_file import split_overrides
 
 COMMANDS = {
@@ -44,6 +45,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand; started as a program (`argv` None), first starts itself again with
+    huge pages for XLA's host buffers where that helps (`vim_jax.huge_pages`)."""
+    if argv is None:
+        huge_pages.relaunch()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.run(args) or 0)
 
