@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from pathlib import Path
 
 import flax
@@ -167,13 +166,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
 
     def run_eval(step: int) -> dict[str, float]:
         param_sets = {"params": state.params, "ema": state.ema_params} if with_ema else {"params": state.params}
-        start = time.perf_counter()
         results = evaluate(config, task, eval_fn, param_sets, state.batch_stats, state.rngs, batch_sharding)
-        seconds = time.perf_counter() - start  # with the first evaluation's compilation
         result = results["params"]
         if with_ema:
             result.update({f"ema_{k}": v for k, v in results["ema"].items() if k != "count"})
-        writer.write(step, {**{f"eval/{k}": v for k, v in result.items()}, "eval/seconds": seconds})
+        writer.write(step, {f"eval/{k}": v for k, v in result.items()})
         writer.message(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "count"))
         return result
 
