@@ -1,8 +1,10 @@
 """Vim-Ti vs DeiT-Ti backbones under the same UperNet head and budget on the Fashion-MNIST scenes.
 
-    python experiments/segment_vim_vs_deit.py --sizes 512 --seeds 2 --steps 600 --results-dir experiments/results
+    python experiments/segment_vim_vs_deit.py --sizes 512 --seeds 2 --steps 500 --run-timeout-s 240
     python experiments/segment_vim_vs_deit.py --sizes 512,1024 --seeds 2 --steps 2000   # a longer study
-    python experiments/segment_vim_vs_deit.py --smoke --results-dir /tmp/seg               # CPU, ~1 minute
+    python experiments/segment_vim_vs_deit.py --smoke --results-dir /tmp/seg               # CPU: two tiny runs
+
+The first command fits about 8 minutes of one H200 (2 backbones x 2 seeds at 512 px).
 
 Each run is the trainer's (`vim_jax.train.train.train`) on `experiments/configs/fmnist_scenes.py:<size>[,deit]`,
 in a fresh subprocess (its peak device memory is its own), with `--steps` steps of the config's batch
@@ -32,6 +34,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -155,13 +158,16 @@ def launch(args, size: int, backbone: str, seed: int, cache_dir: Path) -> dict:
     start = time.perf_counter()
     failure = None
     with open(workdir / "log.txt", "w") as log:
+        # Its own process group, so that a timeout also stops the run's data-loading workers.
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.run_timeout_s,
-                                  cwd=HERE.parent)
-            if proc.returncode:
+            if proc.wait(timeout=args.run_timeout_s):
                 failure = f"exit status {proc.returncode}"
         except subprocess.TimeoutExpired:
-            failure = f"timed out after {args.run_timeout_s} s"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            failure = f"timed out after {args.run_timeout_s:g} s"
     wall = time.perf_counter() - start
     recorded = {"command": shlex.join(["python", "experiments/segment_vim_vs_deit.py", "--run-one", json.dumps(spec)]),
                 "process_wall_s": wall}
@@ -175,6 +181,15 @@ def launch(args, size: int, backbone: str, seed: int, cache_dir: Path) -> dict:
     return result
 
 
+def probe_device() -> tuple[str, str]:
+    """The device kind and platform, asked of a short-lived process: a GPU backend started here
+    would hold most of the device's memory for the whole study, away from the runs."""
+    probe = "import jax; print(jax.devices()[0].device_kind); print(jax.default_backend())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    device, platform = out.strip().splitlines()[-2:]
+    return device, platform
+
+
 # Reports ------------------------------------------------------------------------------------------
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
@@ -183,6 +198,8 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(args, runs: list[dict], device: str, platform: str, wall_s: float, command: str) -> dict:
+    import jaxlib
+
     groups = []
     for size in args.sizes:
         for backbone in BACKBONES:
@@ -201,7 +218,7 @@ def summarize(args, runs: list[dict], device: str, platform: str, wall_s: float,
     batch = next((r["batch"] for r in runs if "batch" in r), None)
     return {"title": "Vim-Ti vs DeiT-Ti backbones, UperNet, Fashion-MNIST scenes", "device": device,
             "platform": platform, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(), "command": command, "wall_s": wall_s,
+            "versions": {**_versions(), "jaxlib": jaxlib.__version__}, "command": command, "wall_s": wall_s,
             "budget": {"steps": args.steps, "batch": batch, "images": batch * args.steps if batch else None,
                        "warmup_steps": max(1, round(WARMUP_FRACTION * args.steps)), "eval_scenes": args.eval_scenes,
                        "seeds": args.seeds, "sizes": args.sizes, "smoke": args.smoke, "pretrained": False},
@@ -223,7 +240,8 @@ def markdown(result: dict) -> str:
              f"crops, from scratch (no ImageNet weights), warm-up {b['warmup_steps']} steps then poly decay to 0; "
              f"one evaluation at the end on {b['eval_scenes']} test scenes (sliding window). Seeds: {b['seeds']}."
              + (" Smoke run: 32-wide backbones on 64 px crops, numbers meaningless." if b["smoke"] else ""),
-             "", "| crop | backbone | runs ok | test mIoU (%) | pixel acc. (%) | mIoU per seed | train img/s | peak MiB |",
+             "", "| crop | backbone | runs ok | test mIoU (%) | pixel acc. (%) | mIoU per seed | train img/s "
+             "| peak MiB |",
              "|---:|---|---:|---:|---:|---|---:|---:|"]
     for g in result["groups"]:
         seeds = ", ".join(f"{100 * m:.2f}" for m in g["miou_per_seed"]) or "-"
@@ -236,7 +254,8 @@ def markdown(result: dict) -> str:
               "evaluation's start (its tracing) to the trainer's return, its compilation and the final checkpoint "
               "included; "
               "compile = all tracing, lowering and XLA compilation or cache loads of the run (overlaps both).", "",
-              "| crop | backbone | seed | mIoU (%) | pixel acc. (%) | img/s | peak MiB | compile s | train s | eval s |",
+              "| crop | backbone | seed | mIoU (%) | pixel acc. (%) | img/s | peak MiB | compile s | train s "
+              "| eval s |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         if "error" in r:
@@ -266,7 +285,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="512", help="comma-separated crop sizes: 512, 1024")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0 .. N-1 per size and backbone")
-    p.add_argument("--steps", type=int, default=600, help="training steps per run (both backbones)")
+    p.add_argument("--steps", type=int, default=500, help="training steps per run (both backbones)")
     p.add_argument("--eval-scenes", type=int, default=200, help="test scenes of the final evaluation")
     p.add_argument("--run-timeout-s", type=float, default=1800.0, help="a run taking longer is stopped and recorded")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: $VIM_JAX_FASHION_MNIST_DIR)")
@@ -296,10 +315,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run_one:
         return run_one(json.loads(args.run_one))
-    import jax
-
     command = "python experiments/segment_vim_vs_deit.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    device, platform = jax.devices()[0].device_kind, jax.default_backend()
+    device, platform = probe_device()
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / ("segment_vim_vs_deit_" + device.lower().replace(" ", "_").replace("-", "_")
@@ -313,7 +330,8 @@ def main(argv=None) -> int:
                 run = launch(args, size, backbone, seed, cache_dir)
                 runs.append(run)
                 if "error" in run:
-                    print(f"[{size} {backbone} seed {seed}] FAILED: {run['error']}\n{run['log_tail'][-800:]}", flush=True)
+                    print(f"[{size} {backbone} seed {seed}] FAILED: {run['error']}\n{run['log_tail'][-800:]}",
+                          flush=True)
                 else:
                     print(f"[{size} {backbone} seed {seed}] mIoU {100 * run['miou']:.2f}, pixel acc. "
                           f"{100 * run['pixel_accuracy']:.2f}, {_fmt(run['train_images_per_s'], ',.1f')} img/s, peak "
