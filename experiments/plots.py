@@ -114,3 +114,43 @@ def plot_bench_224(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_segmentation(result: dict, path: Path) -> None:
+    """Segmentation backbones: test mIoU per crop size and backbone (bars: the mean, points: the
+    seeds), training img/s, and peak device memory."""
+    groups = result["groups"]
+    sizes = list(dict.fromkeys(g["size"] for g in groups))
+    colors = {"vim": VIM_COLOR, "deit": DEIT_COLOR}
+    fig, (miou, speed, memory) = plt.subplots(1, 3, figsize=(13, 4.2))
+    width = 0.38
+    for k, backbone in enumerate(colors):
+        mine = {g["size"]: g for g in groups if g["backbone"] == backbone}
+        xs = [i + (k - 0.5) * width for i in range(len(sizes))]
+        rows = [mine.get(s) for s in sizes]
+        label = next((g["label"] for g in rows if g), backbone)
+        miou.bar(xs, [100 * (g["miou_mean"] or 0) if g else 0 for g in rows], width, color=colors[backbone],
+                 alpha=0.5, label=label)
+        for x, g in zip(xs, rows):
+            if g and g["miou_per_seed"]:
+                miou.plot([x] * len(g["miou_per_seed"]), [100 * m for m in g["miou_per_seed"]], "o",
+                          color=colors[backbone], markeredgecolor="black")
+        for ax, key in ((speed, "train_images_per_s"), (memory, "peak_mib")):
+            ax.bar(xs, [(g[key] or 0) if g else 0 for g in rows], width, color=colors[backbone], alpha=0.8,
+                   label=label)
+    budget = result["budget"]
+    for ax, ylabel, title in ((miou, "test mIoU (%)", "Test mIoU (points: seeds)"),
+                              (speed, "training images / s", "Training throughput"),
+                              (memory, "peak device memory (MiB)", "Peak memory (training + evaluation)")):
+        ax.set_xticks(range(len(sizes)), [f"{s} px" for s in sizes])
+        ax.set(ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    if not any(g["peak_mib"] for g in groups):
+        memory.text(0.5, 0.5, f"no device memory statistics on {result['platform']}", ha="center",
+                    transform=memory.transAxes)
+    fig.suptitle(f"{result['title']}: {budget['steps']} steps x batch {budget['batch']}, from scratch, "
+                 f"{budget['seeds']} seed(s), {result['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
