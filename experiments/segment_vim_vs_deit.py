@@ -174,11 +174,21 @@ def launch(args, size: int, backbone: str, seed: int, cache_dir: Path) -> dict:
     if failure or not done.exists():
         tail = (workdir / "log.txt").read_text()[-2000:]
         return {"size": size, "backbone": backbone, "seed": seed, "steps": args.steps,
-                "error": failure or "no result.json", "log_tail": tail, **recorded}
+                "error": failure or "no result.json", "log_tail": tail, **partial_progress(workdir), **recorded}
     result = {**json.loads(done.read_text()), **recorded}
     done.write_text(json.dumps(result, indent=2))
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # only the numbers are kept
     return result
+
+
+def partial_progress(workdir: Path) -> dict:
+    """How far a run that did not finish got, from its `metrics.jsonl`: the last logged step and
+    the logged throughputs (their median after the first, as for a finished run)."""
+    path = workdir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    speeds = [r["train/images_per_second"] for r in rows if "train/images_per_second" in r]
+    return {"steps_reached": max((r.get("step", 0) for r in rows), default=0), "logged_images_per_s": speeds,
+            "partial_images_per_s": statistics.median(speeds[1:] or speeds) if speeds else None}
 
 
 def probe_device() -> tuple[str, str]:
@@ -215,7 +225,8 @@ def summarize(args, runs: list[dict], device: str, platform: str, wall_s: float,
                            "train_images_per_s": statistics.median(speeds) if speeds else None,
                            "peak_mib": max(peaks) / 2**20 if peaks else None,
                            "model_name": ok[0]["model_name"] if ok else None})
-    batch = next((r["batch"] for r in runs if "batch" in r), None)
+    batch = next((r["batch"] for r in runs if "batch" in r), None) or run_config(
+        args.sizes[0], BACKBONES[0], 0, args.steps, args.eval_scenes, args.data_dir, args.smoke).global_batch_size
     return {"title": "Vim-Ti vs DeiT-Ti backbones, UperNet, Fashion-MNIST scenes", "device": device,
             "platform": platform, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {**_versions(), "jaxlib": jaxlib.__version__}, "command": command, "wall_s": wall_s,
@@ -259,7 +270,10 @@ def markdown(result: dict) -> str:
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         if "error" in r:
-            lines.append(f"| {r['size']} | {LABELS[r['backbone']]} | {r['seed']} | {r['error']} | | | | | | |")
+            speed = r.get("partial_images_per_s")
+            reached = f" at step {r['steps_reached']}" if r.get("steps_reached") else ""
+            lines.append(f"| {r['size']} | {LABELS[r['backbone']]} | {r['seed']} | {r['error']}{reached} | | "
+                         f"{_fmt(speed, ',.0f')} | | | | |")
             continue
         lines.append(f"| {r['size']} | {LABELS[r['backbone']]} | {r['seed']} | {100 * r['miou']:.2f} | "
                      f"{100 * r['pixel_accuracy']:.2f} | {_fmt(r['train_images_per_s'], ',.1f')} | "

@@ -59,3 +59,14 @@ def test_bad_sizes_are_refused():
         segment_vim_vs_deit.parse_args(["--sizes", "384"])
     with pytest.raises(SystemExit):
         segment_vim_vs_deit.parse_args(["--sizes", "512,x"])
+
+
+def test_a_run_cut_short_keeps_its_last_step_and_throughput(tmp_path):
+    rows = [{"step": 25, "train/images_per_second": 7.0}, {"step": 50, "train/images_per_second": 95.0},
+            {"step": 60, "eval/miou": 0.1}, {"step": 75, "train/images_per_second": 110.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    progress = segment_vim_vs_deit.partial_progress(tmp_path)
+    assert progress["steps_reached"] == 75
+    assert progress["logged_images_per_s"] == [7.0, 95.0, 110.0]
+    assert progress["partial_images_per_s"] == 102.5  # the first interval (compilation) left out
+    assert segment_vim_vs_deit.partial_progress(tmp_path / "missing")["steps_reached"] == 0
