@@ -7,7 +7,9 @@
 # fast_math variant), models224 / highres (bench_models.py sections), profile (profile_model.py:
 # Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
-# Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), fmnist (the full recipe).
+# Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), segment (segment_vim_vs_deit.py:
+# UperNet-Vim-Ti vs UperNet-DeiT-Ti on the Fashion-MNIST scenes at SIZES, STEPS steps x 2 seeds),
+# fmnist (the full recipe).
 # Results go to $OUT (default experiments/results). Python packages missing on the GPU machine
 # (it has no network) are installed from wheels in $WHEELS (default .gpuwhl); Fashion-MNIST is
 # read from $VIM_JAX_FASHION_MNIST_DIR (default .carry/fashion-mnist, the four IDX .gz files).
@@ -44,6 +46,9 @@ for stage in "$@"; do
         --workdir "$OUT/ablate_runs" --results-dir "$OUT" 2>&1 | grep -v "^\s*$" | tail -40 ;;
     scaling)
       python3 experiments/bench_scaling.py --model small --per-device-batch 128 --out "$OUT" 2>&1 | tail -30 ;;
+    segment)
+      python3 experiments/segment_vim_vs_deit.py --sizes "${SIZES:-512}" --seeds 2 --steps "${STEPS:-500}" \
+        --run-timeout-s "${RUN_TIMEOUT_S:-600}" --results-dir "$OUT" --workdir /tmp/segment_runs 2>&1 | tail -40 ;;
     fmnist)
       python3 -m vim_jax.cli train --config experiments/configs/fashion_mnist.py --workdir /tmp/fm \
         --config.progress_bar=False 2>&1 | tee "$OUT/fashion_mnist_train.log" | tail -20 ;;
