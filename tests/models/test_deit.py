@@ -171,7 +171,7 @@ def test_train_mode_drops_paths_and_eval_mode_does_not():
     np.testing.assert_allclose(np.asarray(model(x)), reference, rtol=1e-6, atol=1e-6)
 
 
-def test_gradients_finite_and_remat_identical():
+def test_gradients_finite_and_identical_with_remat_and_unrolled_blocks():
     x, labels = _images(SMALL), jnp.array([1, 3])
 
     def grads(cfg):
@@ -180,10 +180,11 @@ def test_gradients_finite_and_remat_identical():
         loss = lambda m: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(m(x)), labels[:, None], 1))
         return nnx.grad(loss)(model)
 
-    plain, remat = grads(SMALL), grads(SMALL.replace(remat=True))
-    for g, h in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
-        assert np.all(np.isfinite(g))
-        np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-5, atol=1e-7)
+    plain = grads(SMALL)
+    for variant in (SMALL.replace(remat=True), SMALL.replace(unroll_blocks=True)):
+        for g, h in zip(jax.tree.leaves(plain), jax.tree.leaves(grads(variant))):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-5, atol=1e-7)
     assert np.abs(np.asarray(plain["blocks"]["attn"]["qkv_kernel"])).max() > 0
 
 

@@ -56,6 +56,7 @@ class DeiTConfig(PatchGrid):
 
     dtype: str = "float32"  # compute dtype; parameters are float32
     remat: bool = False  # recompute each block in the backward pass
+    unroll_blocks: bool = False  # unroll the scan over blocks (as `VimConfig.unroll_blocks`)
 
     def __post_init__(self):
         for field, value, allowed in (("attention", self.attention, ATTENTIONS), ("pool", self.pool, DEIT_POOLS),
@@ -288,7 +289,8 @@ class DeiT(PatchTokenModel):
             rate, key = xs
             return members[0](x, rate, key, deterministic), None
 
-        x, _, at_stops = scan_blocks(self.blocks, step, x, (rates, layer_keys), remat=cfg.remat, stops=stops, end=end)
+        x, _, at_stops = scan_blocks(self.blocks, step, x, (rates, layer_keys), remat=cfg.remat, stops=stops, end=end,
+                                     unroll=cfg.unroll_blocks)
         return x, at_stops
 
     def forward_head(self, features, pre_logits: bool = False):

@@ -17,7 +17,7 @@ def with_cls_layout(cfg, layout: str):
 
 
 DEIT_KEYS = CheckpointKeys(
-    runtime_fields=COMMON_RUNTIME_FIELDS | {"attention"},
+    runtime_fields=COMMON_RUNTIME_FIELDS | {"attention", "unroll_blocks"},
     cls_layout=lambda cfg: "head" if cfg.num_cls_tokens else "none",
     describe=lambda cfg: f"num_heads={cfg.num_heads}",
     with_cls_layout=with_cls_layout,
