@@ -13,10 +13,11 @@ Tasks:
 
 * ``classification``: soft-target cross-entropy after mixup/cutmix and label smoothing;
   evaluation sums cross-entropy, top-1 and top-5 hits.
-* ``segmentation``: the photometric distortion, when the batch carries its host-drawn parameters
-  (``dataset.photometric_on_device``), applied to the uint8 crops before normalisation; the decode head's cross-entropy with ignore label 255 plus 0.4 x the
-  auxiliary head's (``segmentation_loss``); evaluation by sliding windows (the model config's
-  ``crop_size`` and ``slide_stride``), one confusion matrix summed over the whole split on the
+* ``segmentation``: the photometric distortion applied to the uint8 crops before normalisation
+  when the batch carries its host-drawn parameters (``dataset.photometric_on_device``); the
+  decode head's cross-entropy with ignore label 255 plus 0.4 x the auxiliary head's
+  (``segmentation_loss``); evaluation by sliding windows (the model config's ``crop_size`` and
+  ``slide_stride``), one confusion matrix summed over the whole split on the
   host in int64, and from it mIoU, pixel and mean accuracy (``vim_jax.segmentation.metrics``), as
   mmseg scores a split; also the mean cross-entropy of the labelled pixels.
 
