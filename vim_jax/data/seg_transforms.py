@@ -93,12 +93,13 @@ def resize_bilinear_window(image: np.ndarray, height: int, width: int, corner: t
     r0, r1, wr = (a[top:top + window[0]] for a in _linear_taps(image.shape[0], height))
     c0, c1, wc = (a[left:left + window[1]] for a in _linear_taps(image.shape[1], width))
     first = int(r0.min(initial=0))
-    x = image[first:int(r1.max(initial=0)) + 1].astype(np.float32)
+    x = image[first:int(r1.max(initial=0)) + 1]
     r0, r1 = r0 - first, r1 - first
-    # In place and with np.take: about twice as fast as the plain expression on big images.
-    cols = np.take(x, c0, axis=1)
+    # In place and with np.take (of the uint8 pixels, then cast): several times faster than the
+    # plain expression on big images, with the same float32 arithmetic.
+    cols = np.take(x, c0, axis=1).astype(np.float32)
     cols *= (1 - wc)[None, :, None]
-    cols += np.take(x, c1, axis=1) * wc[None, :, None]
+    cols += np.take(x, c1, axis=1).astype(np.float32) * wc[None, :, None]
     out = np.take(cols, r0, axis=0)
     out *= (1 - wr)[:, None, None]
     out += np.take(cols, r1, axis=0) * wr[:, None, None]
@@ -186,10 +187,11 @@ def rescaled_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     (its bilinear taps are the full resize's, in the full image's coordinates).
     """
     height, width = rescale_size(image.shape[0], image.shape[1], scale)
-    rows, cols = _nearest_source(mask.shape[0], height), _nearest_source(mask.shape[1], width)
+    rows = _nearest_source(mask.shape[0], height)
+    cols = _nearest_source(mask.shape[1], width)
 
     def mask_window(t, l):
-        return mask[rows[t:t + crop_size[0], None], cols[None, l:l + crop_size[1]]]
+        return np.take(np.take(mask, rows[t:t + crop_size[0]], axis=0), cols[l:l + crop_size[1]], axis=1)
 
     top, left = _choose_crop(rng, (height, width), crop_size, cat_max_ratio, ignore_index, mask_window)
     window = (min(crop_size[0], height - top), min(crop_size[1], width - left))
@@ -207,10 +209,13 @@ def random_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, p
 def pad_to(image: np.ndarray, mask: np.ndarray, size: tuple[int, int], pad_colour=MEAN_COLOUR_UINT8,
            ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
     """Pads at the bottom and right to ``size`` (height, width): image with ``pad_colour``, mask with
-    ``ignore_index``. Larger inputs are an error (crop first)."""
+    ``ignore_index``; inputs of that size already come back as they are. Larger inputs are an
+    error (crop first)."""
     height, width = image.shape[:2]
     if height > size[0] or width > size[1]:
         raise ValueError(f"image {height}x{width} is larger than the pad size {size[0]}x{size[1]}")
+    if (height, width) == tuple(size):
+        return image, mask
     padded_image = np.empty((size[0], size[1], image.shape[2]), image.dtype)
     padded_image[...] = np.asarray(pad_colour, image.dtype)
     padded_image[:height, :width] = image
