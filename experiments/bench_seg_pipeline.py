@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -82,9 +83,11 @@ def measure(crop: int, crops: int, batch: int = 16) -> dict:
 
 def report(results: list[dict]) -> str:
     lines = ["# Segmentation pipeline: host CPU time per crop", "",
-             f"`python experiments/bench_seg_pipeline.py --crops {results[0]['crops']}` on {platform.node() and 'a'} "
-             f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), one process; both variants "
-             "on the same scenes and seeds, in CPU milliseconds per crop (`time.process_time`).", ""]
+             f"`python experiments/bench_seg_pipeline.py --crops {results[0]['crops']}` on {platform.machine()} "
+             f"({os.cpu_count()} CPUs, possibly shared), one process; both variants on the same scenes and seeds, "
+             "in CPU milliseconds per crop (`time.process_time`). `full` rescales the whole scene and "
+             "distorts on the host; `window` resamples only the crop and leaves the distortion to the "
+             "device.", ""]
     for r in results:
         stages = list(dict.fromkeys([*r["ms_per_crop"]["full"], *r["ms_per_crop"]["window"]]))
         lines += [f"## {r['crop']} px crops ({r['crops']} crops; label crops equal: {r['labels_equal']})", "",
