@@ -205,3 +205,41 @@ def test_eval_transform_resizes_keeping_the_ratio():
         st.eval_transform(image.astype(np.float32))
     with pytest.raises(ValueError, match="does not match"):
         st.train_transform(image, np.zeros((10, 10), np.uint8), np.random.default_rng(0))
+
+
+def test_a_bilinear_window_is_the_cut_of_the_full_resize():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    for height, width in ((80, 111), (20, 30), (37, 53)):
+        full = st.resize_bilinear(image, height, width)
+        for _ in range(10):
+            top, left = int(rng.integers(height)), int(rng.integers(width))
+            window = (int(rng.integers(1, height - top + 1)), int(rng.integers(1, width - left + 1)))
+            got = st.resize_bilinear_window(image, height, width, (top, left), window)
+            np.testing.assert_array_equal(got, full[top:top + window[0], left:left + window[1]])
+
+
+@pytest.mark.parametrize("cat_max_ratio", [1.0, 0.75, 0.3])
+def test_rescaled_crop_equals_cropping_the_full_rescale(cat_max_ratio):
+    # Bitwise, with the same draws, across ratios that shrink the image below the crop and retries.
+    rng = np.random.default_rng(5)
+    for position in range(60):
+        h, w = (int(v) for v in rng.integers(30, 120, 2))
+        image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        mask = np.repeat(rng.integers(0, 4, (h, w // 8 + 1)), 8, axis=1)[:, :w].astype(np.uint8)
+        mask[: h // 5] = 255
+        scale = st.sample_scale(np.random.default_rng(position), (256, 64), (0.5, 2.0))
+        full = st.rescale(image, mask, scale)
+        want = st.random_crop(*full, st.example_rng(1, position), (48, 48), cat_max_ratio)
+        got = st.rescaled_crop(image, mask, st.example_rng(1, position), scale, (48, 48), cat_max_ratio)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_photometric_columns_hold_the_draw_and_the_crop_size():
+    params = st.PhotometricParams(brightness=None, contrast_first=False, contrast=1.25, saturation=None, hue=-3)
+    columns = st.photometric_columns(params, 40, 31)
+    assert columns.dtype == np.float32 and len(columns) == len(st.PHOTOMETRIC_COLUMNS)
+    named = dict(zip(st.PHOTOMETRIC_COLUMNS, columns.tolist()))
+    assert np.isnan(named.pop("brightness")) and np.isnan(named.pop("saturation"))
+    assert named == {"contrast": 1.25, "hue": -3.0, "contrast_first": 0.0, "height": 40.0, "width": 31.0}

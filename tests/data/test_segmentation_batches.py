@@ -67,3 +67,21 @@ def test_evaluation_without_a_pad_size_refuses_mixed_sizes():
     loader = SegmentationLoader(scenes("test"), 0, train=False, config=CONFIG)
     with pytest.raises(ValueError, match="eval_pad_size"):
         loader(np.arange(4), np.arange(4))
+
+
+def test_device_photometric_batches_give_the_host_pipelines_crops():
+    from vim_jax.data.device_photometric import photometric_distortion
+
+    source = scenes()
+    host = next(segmentation_iterator(source, 4, train=True, seed=4, config=CONFIG))
+    device = next(segmentation_iterator(source, 4, train=True, seed=4, config=CONFIG, device_photometric=True))
+    assert device["photometric"].shape == (4, len(st.PHOTOMETRIC_COLUMNS))
+    np.testing.assert_array_equal(device["label"], host["label"])
+    distorted = np.asarray(photometric_distortion(device["image"], device["photometric"]))
+    np.testing.assert_array_equal(distorted, host["image"])
+
+
+def test_device_photometric_training_resumes_with_identical_batches():
+    make = lambda: segmentation_iterator(scenes(), 4, train=True, seed=2, config=CONFIG,  # noqa: E731
+                                         device_photometric=True)
+    assert_resumes_with_identical_batches(make, before=2, after=1)

@@ -82,24 +82,45 @@ def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of uint8 [H, W, C] to [height, width, C], as OpenCV's INTER_LINEAR."""
-    r0, r1, wr = _linear_taps(image.shape[0], height)
-    c0, c1, wc = _linear_taps(image.shape[1], width)
-    x = image.astype(np.float32)
-    # In place and with np.take: about twice as fast as the plain expression on big images.
-    cols = np.take(x, c0, axis=1)
-    cols *= (1 - wc)[None, :, None]
-    cols += np.take(x, c1, axis=1) * wc[None, :, None]
+    return resize_bilinear_window(image, height, width, (0, 0), (height, width))
+
+
+def resize_bilinear_window(image: np.ndarray, height: int, width: int, corner: tuple[int, int],
+                           window: tuple[int, int]) -> np.ndarray:
+    """The ``window`` (height, width) at ``corner`` (top, left) of :func:`resize_bilinear`'s
+    [height, width] output, bitwise, computed from only the source pixels it reads."""
+    top, left = corner
+    r0, r1, wr = (a[top:top + window[0]] for a in _linear_taps(image.shape[0], height))
+    c0, c1, wc = (a[left:left + window[1]] for a in _linear_taps(image.shape[1], width))
+    first = int(r0.min(initial=0))
+    x = image[first:int(r1.max(initial=0)) + 1]
+    r0, r1 = r0 - first, r1 - first
+    # The plain expression's float32 arithmetic, faster: gathers of the uint8 pixels, in-place
+    # products, and [rows, columns * channels] views with the weights repeated per channel, so
+    # that numpy's inner loops run over contiguous memory.
+    channels = image.shape[2]
+    wc = np.repeat(wc, channels)
+    cols = np.take(x, c0, axis=1).astype(np.float32).reshape(len(x), -1)
+    cols *= 1 - wc
+    right = np.take(x, c1, axis=1).astype(np.float32).reshape(len(x), -1)
+    right *= wc
+    cols += right
     out = np.take(cols, r0, axis=0)
-    out *= (1 - wr)[:, None, None]
-    out += np.take(cols, r1, axis=0) * wr[:, None, None]
-    return np.clip(np.rint(out, out=out), 0, 255, out=out).astype(np.uint8)
+    out *= (1 - wr)[:, None]
+    lower = np.take(cols, r1, axis=0)
+    lower *= wr[:, None]
+    out += lower
+    np.clip(np.rint(out, out=out), 0, 255, out=out)
+    return out.astype(np.uint8).reshape(len(r0), len(c0), channels)
+
+
+def _nearest_source(n_in: int, n_out: int) -> np.ndarray:
+    return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
 
 
 def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest resize of a label map [H, W], as OpenCV's INTER_NEAREST (source = floor(x * in / out))."""
-    rows = np.minimum(np.floor(np.arange(height) * (mask.shape[0] / height)).astype(np.int64), mask.shape[0] - 1)
-    cols = np.minimum(np.floor(np.arange(width) * (mask.shape[1] / width)).astype(np.int64), mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]
+    return mask[_nearest_source(mask.shape[0], height)[:, None], _nearest_source(mask.shape[1], width)[None, :]]
 
 
 def sample_scale(rng: np.random.Generator, scale: tuple[int, int], ratio_range: tuple[float, float]
@@ -127,6 +148,26 @@ def _crop_box(rng: np.random.Generator, shape: tuple[int, ...], crop_size: tuple
     return top, left
 
 
+def _mixed_enough(window: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
+    # At least two classes, none covering cat_max_ratio of the labelled pixels (labels are >= 0).
+    counts = np.bincount(window.ravel(), minlength=ignore_index + 1)
+    counts[ignore_index] = 0
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def _choose_crop(rng: np.random.Generator, shape: tuple[int, int], crop_size: tuple[int, int],
+                 cat_max_ratio: float, ignore_index: int, mask_window) -> tuple[int, int]:
+    # mmseg's RandomCrop draws: `mask_window(top, left)` is the label window a box would cut.
+    top, left = _crop_box(rng, shape, crop_size)
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            if _mixed_enough(mask_window(top, left), cat_max_ratio, ignore_index):
+                break
+            top, left = _crop_box(rng, shape, crop_size)
+    return top, left
+
+
 def random_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop_size: tuple[int, int],
                 cat_max_ratio: float = 1.0, ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
     """mmseg's ``RandomCrop``: a random window of at most ``crop_size``.
@@ -135,19 +176,34 @@ def random_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, c
     classes and none covers ``cat_max_ratio`` or more of its non-ignored pixels; after 10 failed
     checks the 11th window is taken unchecked.
     """
-    top, left = _crop_box(rng, mask.shape, crop_size)
 
     def window(a, t, l):
         return a[t:t + crop_size[0], l:l + crop_size[1]]
 
-    if cat_max_ratio < 1.0:
-        for _ in range(10):
-            labels, counts = np.unique(window(mask, top, left), return_counts=True)
-            counts = counts[labels != ignore_index]
-            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
-                break
-            top, left = _crop_box(rng, mask.shape, crop_size)
+    top, left = _choose_crop(rng, mask.shape, crop_size, cat_max_ratio, ignore_index,
+                             lambda t, l: window(mask, t, l))
     return window(image, top, left), window(mask, top, left)
+
+
+def rescaled_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: tuple[int, int],
+                  crop_size: tuple[int, int], cat_max_ratio: float = 1.0, ignore_index: int = IGNORE_INDEX
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``random_crop(*rescale(image, mask, scale), rng, ...)``, bitwise, without the full resize.
+
+    The crop boxes are drawn on the rescaled size alone; each candidate's label window is read
+    through the nearest-resize index maps, and only the chosen window of the image is resampled
+    (its bilinear taps are the full resize's, in the full image's coordinates).
+    """
+    height, width = rescale_size(image.shape[0], image.shape[1], scale)
+    rows = _nearest_source(mask.shape[0], height)
+    cols = _nearest_source(mask.shape[1], width)
+
+    def mask_window(t, l):
+        return np.take(np.take(mask, rows[t:t + crop_size[0]], axis=0), cols[l:l + crop_size[1]], axis=1)
+
+    top, left = _choose_crop(rng, (height, width), crop_size, cat_max_ratio, ignore_index, mask_window)
+    window = (min(crop_size[0], height - top), min(crop_size[1], width - left))
+    return resize_bilinear_window(image, height, width, (top, left), window), mask_window(top, left)
 
 
 def random_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, prob: float = 0.5
@@ -161,10 +217,13 @@ def random_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, p
 def pad_to(image: np.ndarray, mask: np.ndarray, size: tuple[int, int], pad_colour=MEAN_COLOUR_UINT8,
            ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
     """Pads at the bottom and right to ``size`` (height, width): image with ``pad_colour``, mask with
-    ``ignore_index``. Larger inputs are an error (crop first)."""
+    ``ignore_index``; inputs of that size already come back as they are. Larger inputs are an
+    error (crop first)."""
     height, width = image.shape[:2]
     if height > size[0] or width > size[1]:
         raise ValueError(f"image {height}x{width} is larger than the pad size {size[0]}x{size[1]}")
+    if (height, width) == tuple(size):
+        return image, mask
     padded_image = np.empty((size[0], size[1], image.shape[2]), image.dtype)
     padded_image[...] = np.asarray(pad_colour, image.dtype)
     padded_image[:height, :width] = image
@@ -281,15 +340,37 @@ def apply_photometric(image: np.ndarray, params: PhotometricParams) -> np.ndarra
 # --- whole pipelines -----------------------------------------------------------------------
 
 
+# Columns of :func:`photometric_columns`: the four steps' parameters (NaN: step skipped), whether
+# contrast goes first, and the crop's extent before padding (the distortion stops there).
+PHOTOMETRIC_COLUMNS = ("brightness", "contrast", "saturation", "hue", "contrast_first", "height", "width")
+
+
+def photometric_columns(params: PhotometricParams, height: int, width: int) -> np.ndarray:
+    """One draw and the crop's unpadded (height, width) as float32 [len(PHOTOMETRIC_COLUMNS)], for
+    applying the draw on the device (``vim_jax.data.device_photometric``)."""
+    steps = (params.brightness, params.contrast, params.saturation, params.hue)
+    return np.asarray([np.nan if v is None else v for v in steps] + [params.contrast_first, height, width],
+                      np.float32)
+
+
+def train_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+               config: SegTrainConfig = SegTrainConfig()
+               ) -> tuple[np.ndarray, np.ndarray, PhotometricParams | None]:
+    """The training pipeline up to the photometric distortion: the flipped, unpadded crop (image,
+    mask) and the distortion's draw (None without ``config.photometric``), in mmseg's draw order."""
+    _check_pair(image, mask)
+    image, mask = rescaled_crop(image, mask, rng, sample_scale(rng, config.scale, config.ratio_range),
+                                config.crop_size, config.cat_max_ratio, config.ignore_index)
+    image, mask = random_flip(image, mask, rng, config.flip_prob)
+    return image, mask, sample_photometric(rng) if config.photometric else None
+
+
 def train_transform(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                     config: SegTrainConfig = SegTrainConfig()) -> dict[str, np.ndarray]:
     """The official training pipeline: {"image": uint8 [crop_h, crop_w, 3], "mask": [crop_h, crop_w]}."""
-    _check_pair(image, mask)
-    image, mask = rescale(image, mask, sample_scale(rng, config.scale, config.ratio_range))
-    image, mask = random_crop(image, mask, rng, config.crop_size, config.cat_max_ratio, config.ignore_index)
-    image, mask = random_flip(image, mask, rng, config.flip_prob)
-    if config.photometric:
-        image = apply_photometric(image, sample_photometric(rng))
+    image, mask, photometric = train_crop(image, mask, rng, config)
+    if photometric is not None:
+        image = apply_photometric(image, photometric)
     image, mask = pad_to(image, mask, config.crop_size, config.pad_colour, config.ignore_index)
     return {"image": image, "mask": mask}
 

@@ -9,7 +9,10 @@ label maps) [n, h, w] and ``mask`` bool [n] (False for the padding of an evaluat
 batch, as in the classification batches).
 
 Training examples go through the official pipeline (``seg_transforms.train_transform``: fixed
-crop size). Evaluation examples get the keep-ratio resize, image bilinear and labels nearest,
+crop size). With ``device_photometric`` the photometric distortion is only drawn here: batches
+then also hold ``photometric`` float32 [n, 7] (``seg_transforms.photometric_columns``: the draw and
+the unpadded crop size) and the training step applies it (``device_photometric``), which leaves
+the host the cheap part of the pipeline. Evaluation examples get the keep-ratio resize, image bilinear and labels nearest,
 then are padded (mean colour / ignore label) to one ``eval_pad_size`` so they stack; mmseg instead
 scores predictions resized back to each image's original size, which differs from this only at
 resampled label borders.
@@ -39,6 +42,7 @@ class SegmentationLoader:
         ``ignore_index`` serve evaluation too).
       eval_pad_size: (height, width) every evaluation example is padded to; None requires the
         resized examples of a batch to share one size already.
+      device_photometric: training batches carry the photometric draws instead of applying them.
     """
 
     source: Any
@@ -46,12 +50,20 @@ class SegmentationLoader:
     train: bool
     config: st.SegTrainConfig = st.SegTrainConfig()
     eval_pad_size: tuple[int, int] | None = None
+    device_photometric: bool = False
 
     def example(self, index: int, position: int) -> dict[str, np.ndarray]:
         record = self.source[int(index)]
         image, label = record["image"], record["mask"]
+        rng = st.example_rng(self.seed, position)
+        if self.train and self.device_photometric and self.config.photometric:
+            image, label, photometric = st.train_crop(image, label, rng, self.config)
+            columns = st.photometric_columns(photometric, *label.shape)
+            image, label = st.pad_to(image, label, self.config.crop_size, self.config.pad_colour,
+                                     self.config.ignore_index)
+            return {"image": image, "mask": label, "photometric": columns}
         if self.train:
-            return st.train_transform(image, label, st.example_rng(self.seed, position), self.config)
+            return st.train_transform(image, label, rng, self.config)
         image, label = st.rescale(image, label, self.config.scale)
         if self.eval_pad_size is not None:
             image, label = st.pad_to(image, label, self.eval_pad_size, self.config.pad_colour,
@@ -64,20 +76,24 @@ class SegmentationLoader:
         if len(shapes) > 1:
             raise ValueError(f"evaluation examples of different sizes {sorted(shapes)} cannot stack: "
                              "give eval_pad_size (at least the largest resized size)")
-        return {"image": np.stack([e["image"] for e in examples]),
-                "label": np.stack([e["mask"] for e in examples])}
+        batch = {"image": np.stack([e["image"] for e in examples]),
+                 "label": np.stack([e["mask"] for e in examples])}
+        if "photometric" in examples[0]:
+            batch["photometric"] = np.stack([e["photometric"] for e in examples])
+        return batch
 
 
 def segmentation_iterator(source: Any, global_batch_size: int, *, train: bool, seed: int = 0,
                           config: st.SegTrainConfig = st.SegTrainConfig(),
-                          eval_pad_size: tuple[int, int] | None = None,
+                          eval_pad_size: tuple[int, int] | None = None, device_photometric: bool = False,
                           process_index: int | None = None, process_count: int | None = None,
                           num_workers: int = 0, num_threads: int = 1) -> DataIterator:
     """Resumable batches of ``source``: training shuffles per epoch, endlessly, dropping the last
     partial batch; evaluation is one pass in order with the last batch padded (``mask`` False).
-    ``num_workers`` Grain worker processes (0: threads of this process) build the batches."""
+    ``num_workers`` Grain worker processes (0: threads of this process) build the batches;
+    ``device_photometric``: see :class:`SegmentationLoader`."""
     sampler = IndexSampler(len(source), global_batch_size, seed=seed, shuffle=train, drop_remainder=train,
                            process_index=process_index, process_count=process_count)
-    loader = SegmentationLoader(source, seed, train, config, eval_pad_size)
+    loader = SegmentationLoader(source, seed, train, config, eval_pad_size, device_photometric)
     return DataIterator(sampler, loader, num_steps=None if train else sampler.steps_per_epoch,
                         num_workers=num_workers, num_threads=num_threads)

@@ -145,6 +145,7 @@ def default_segmentation_config() -> ml_collections.ConfigDict:
         "cat_max_ratio": 0.75,
         "flip_prob": 0.5,
         "photometric": True,
+        "photometric_on_device": True,  # drawn on the host, applied in the training step (same values)
         # ... and evaluation: the keep-ratio resize to `scale`, padded (mean colour, ignore label) to
         # one size so that batches stack and one program compiles; it must hold every resized image.
         "eval_pad_size": (2048, 2048),

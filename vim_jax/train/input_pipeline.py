@@ -113,7 +113,9 @@ def _segmentation(config: ml_collections.ConfigDict, split: str, global_batch_si
     data = config.dataset
     return segmentation_iterator(_segmentation_source(config, split, train=train), global_batch_size, train=train,
                                  seed=config.seed, config=seg_train_config(config),
-                                 eval_pad_size=tuple(data.eval_pad_size), num_workers=data.num_workers)
+                                 eval_pad_size=tuple(data.eval_pad_size),
+                                 device_photometric=data.get("photometric_on_device", False),
+                                 num_workers=data.num_workers)
 
 
 def make_iterator(config: ml_collections.ConfigDict, split: str, *, train: bool) -> DataIterator:

@@ -13,9 +13,11 @@ Tasks:
 
 * ``classification``: soft-target cross-entropy after mixup/cutmix and label smoothing;
   evaluation sums cross-entropy, top-1 and top-5 hits.
-* ``segmentation``: the decode head's cross-entropy with ignore label 255 plus 0.4 x the
-  auxiliary head's (``segmentation_loss``); evaluation by sliding windows (the model config's
-  ``crop_size`` and ``slide_stride``), one confusion matrix summed over the whole split on the
+* ``segmentation``: the photometric distortion applied to the uint8 crops before normalisation
+  when the batch carries its host-drawn parameters (``dataset.photometric_on_device``); the
+  decode head's cross-entropy with ignore label 255 plus 0.4 x the auxiliary head's
+  (``segmentation_loss``); evaluation by sliding windows (the model config's ``crop_size`` and
+  ``slide_stride``), one confusion matrix summed over the whole split on the
   host in int64, and from it mIoU, pixel and mean accuracy (``vim_jax.segmentation.metrics``), as
   mmseg scores a split; also the mean cross-entropy of the labelled pixels.
 
@@ -35,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from vim_jax import registry
+from vim_jax.data.device_photometric import photometric_distortion
 from vim_jax.data.seg_transforms import IGNORE_INDEX
 from vim_jax.models.segmentation import SegmentorConfig, registered_segmentors, slide_inference
 from vim_jax.segmentation.metrics import confusion_matrix, segmentation_scores
@@ -109,8 +112,11 @@ class SegmentationTask(Task):
         self._model_inputs = input_pipeline.model_inputs(config)
 
     def batch_to_targets(self, key, batch):
-        del key  # the augmentation happened on the host (seg_transforms)
-        return self._model_inputs(batch["image"]), batch["label"].astype(jnp.int32)
+        del key  # the augmentation was drawn on the host (seg_transforms)
+        images = batch["image"]
+        if "photometric" in batch:  # drawn on the host, applied here
+            images = photometric_distortion(images, batch["photometric"])
+        return self._model_inputs(images), batch["label"].astype(jnp.int32)
 
     def loss(self, model, inputs, targets, mask):
         logits, aux_logits = model.forward_train(inputs)
