@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import vim_jax
+from tests.convert.checkpoint_files import abstract_vim
 from vim_jax import VimConfig
 from vim_jax.registry import resolve
 
@@ -22,7 +23,10 @@ def images(batch, size=32, seed=0):
 
 
 # Each released preset is a 224-px compile of a 24-block model: seconds to a minute on a CPU.
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) for name in RELEASED] + ["vim_test"])
+# vim_tiny, vim_tiny_stride8 and vim_small are built, compiled and run against the official
+# forward pass in tests/convert/test_official_parity.py; the other two are run here.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) for name in ("vim_small_stride8", "vim_base")]
+                         + ["vim_test"])
 def test_preset_builds_jits_and_runs(name):
     model = vim_jax.create_model(name)
     cfg = model.cfg
@@ -32,6 +36,18 @@ def test_preset_builds_jits_and_runs(name):
     assert np.all(np.isfinite(np.asarray(logits)))
     # The shape only: the values are the logits' (computed above), a second forward pass is a second compile.
     features = nnx.eval_shape(lambda m, x: m.forward_features(x), model, images(1, cfg.img_size))
+    assert features.shape == (1, cfg.seq_len, cfg.embed_dim)
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_presets_give_logits_and_features_of_their_shapes(name):
+    """Traced abstractly: no parameters are drawn and nothing is compiled."""
+    cfg = vim_jax.get_config(name)
+    model = abstract_vim(cfg)
+    model.eval()
+    x = jax.ShapeDtypeStruct((1, cfg.img_size, cfg.img_size, 3), jnp.float32)
+    logits, features = nnx.eval_shape(lambda m, x: (m(x), m.forward_features(x)), model, x)
+    assert (logits.shape, logits.dtype) == ((1, cfg.num_classes), jnp.float32)
     assert features.shape == (1, cfg.seq_len, cfg.embed_dim)
 
 
