@@ -21,8 +21,7 @@ from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 
 def interpreted(**config):
-    """The interpreted backend with the Mosaic backward switched on (it is opt-in), whatever the
-    (tiny) number of CTAs."""
+    """The interpreted backend with the Mosaic backward on, whatever the (tiny) number of CTAs."""
     return ms.MosaicScan(ms.MosaicScanConfig(**{"mosaic_backward": True, "bwd_min_ctas": 0, **config}), interpret=True)
 
 
