@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import vim_jax
+from tests.convert.checkpoint_files import abstract_vim
 from vim_jax import VimConfig
 from vim_jax.registry import resolve
 
@@ -22,7 +23,10 @@ def images(batch, size=32, seed=0):
 
 
 # Each released preset is a 224-px compile of a 24-block model: seconds to a minute on a CPU.
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) for name in RELEASED] + ["vim_test"])
+# vim_tiny, vim_tiny_stride8 and vim_small are built, compiled and run against the official
+# forward pass in tests/convert/test_official_parity.py; the other two are run here.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) for name in ("vim_small_stride8", "vim_base")]
+                         + ["vim_test"])
 def test_preset_builds_jits_and_runs(name):
     model = vim_jax.create_model(name)
     cfg = model.cfg
@@ -32,6 +36,18 @@ def test_preset_builds_jits_and_runs(name):
     assert np.all(np.isfinite(np.asarray(logits)))
     # The shape only: the values are the logits' (computed above), a second forward pass is a second compile.
     features = nnx.eval_shape(lambda m, x: m.forward_features(x), model, images(1, cfg.img_size))
+    assert features.shape == (1, cfg.seq_len, cfg.embed_dim)
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_released_presets_give_logits_and_features_of_their_shapes(name):
+    """Traced abstractly: no parameters are drawn and nothing is compiled."""
+    cfg = vim_jax.get_config(name)
+    model = abstract_vim(cfg)
+    model.eval()
+    x = jax.ShapeDtypeStruct((1, cfg.img_size, cfg.img_size, 3), jnp.float32)
+    logits, features = nnx.eval_shape(lambda m, x: (m(x), m.forward_features(x)), model, x)
+    assert (logits.shape, logits.dtype) == ((1, cfg.num_classes), jnp.float32)
     assert features.shape == (1, cfg.seq_len, cfg.embed_dim)
 
 
@@ -112,26 +128,34 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32():
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 3e-2
 
 
+def _value_and_grad(**overrides):
+    """`sum(logits**2)` and its gradients for a two-block `vim_test` on two images."""
+    model = vim_jax.create_model("vim_test", depth=2, seed=7, **overrides)
+    x = images(2)
+    return nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2)))(model)
+
+
+@pytest.fixture(scope="module")
+def default_value_and_grad():
+    """The default model's loss and gradients, which the unrolled and rematerialised models must give."""
+    return _value_and_grad()
+
+
 @pytest.mark.slow  # a gradient compile per backend; tests/ops checks the backends agree op by op
 def test_backends_agree_inside_the_model_values_and_gradients():
-    x = images(2)
     grads, outs = {}, {}
     for backend in ("reference", "associative"):
-        model = vim_jax.create_model("vim_test", depth=2, scan_backend=backend, seed=7)
-        outs[backend], grads[backend] = nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2)))(model)
+        outs[backend], grads[backend] = _value_and_grad(scan_backend=backend)
     np.testing.assert_allclose(outs["reference"], outs["associative"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads["reference"]), jax.tree.leaves(grads["associative"])):
+    for a, b in zip(jax.tree.leaves(grads["reference"]), jax.tree.leaves(grads["associative"]), strict=True):
         assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(a) + 1e-7
 
 
-def test_unrolled_blocks_give_the_same_values_and_gradients():
-    x = images(2)
-    outs, grads = {}, {}
-    for unroll in (False, True):
-        model = vim_jax.create_model("vim_test", depth=2, unroll_blocks=unroll, seed=7)
-        outs[unroll], grads[unroll] = nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2)))(model)
-    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+def test_unrolled_blocks_give_the_same_values_and_gradients(default_value_and_grad):
+    out, grads = default_value_and_grad
+    unrolled_out, unrolled_grads = _value_and_grad(unroll_blocks=True)
+    np.testing.assert_allclose(unrolled_out, out, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(unrolled_grads), strict=True):
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a) + 1e-7
 
 
@@ -198,14 +222,11 @@ def test_features_and_head_compose_to_logits():
     np.testing.assert_allclose(pooled, (f[:, 0] + f[:, -1]) / 2, rtol=1e-6)
 
 
-def test_remat_gives_the_same_gradients():
-    x = images(2)
-    g = {}
-    for remat in (False, True):
-        model = vim_jax.create_model("vim_test", remat=remat, seed=1)
-        g[remat] = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x))))(model)
-    for a, b in zip(jax.tree.leaves(g[False]), jax.tree.leaves(g[True])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+def test_remat_gives_the_same_gradients(default_value_and_grad):
+    _, grads = default_value_and_grad
+    _, remat_grads = _value_and_grad(remat=True)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
 def test_models_of_one_config_share_the_compiled_initialiser_not_the_parameters():

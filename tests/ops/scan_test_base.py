@@ -76,7 +76,9 @@ def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
 class SelectiveScanTestBase:
     backend: object = ""  # a registered name or a backend object
     # (batch, length, channels, state): odd lengths, channel counts that are not powers of two.
-    shapes = [(2, 33, 5, 3), (1, 197, 24, 16), (2, 65, 48, 16)]
+    # The cost grows with the length; chunking is checked at other chunk sizes in
+    # test_selective_scan.py, and the models' tests run the released lengths.
+    shapes = [(2, 33, 5, 3), (1, 37, 24, 16), (2, 21, 48, 16)]
 
     def run_backend(self, inputs, dtype=jnp.float32, reverse=False, bidirectional=False, out_scale=0.5, wrt=()):
         args = {k: jnp.asarray(v, dtype) for k, v in inputs.items()}

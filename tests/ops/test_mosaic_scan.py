@@ -21,35 +21,44 @@ from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
 
 def interpreted(**config):
-    """The interpreted backend with the Mosaic backward switched on (it is opt-in), whatever the
-    (tiny) number of CTAs."""
+    """The interpreted backend with the Mosaic backward on, whatever the (tiny) number of CTAs."""
     return ms.MosaicScan(ms.MosaicScanConfig(**{"mosaic_backward": True, "bwd_min_ctas": 0, **config}), interpret=True)
 
 
 INTERPRETED = interpreted()
+# The fast tier interprets one kernel per path: one direction, both directions fused, segments,
+# the backward (on and switched off); the other tilings and cases of these paths, and the shared
+# base, are in the full suite.
+SLOW = pytest.mark.slow
 
 
-@pytest.mark.slow  # the interpreter runs every op of every thread: minutes for the shared base
+@SLOW  # the interpreter runs every op of every thread: minutes for the shared base
 class TestMosaic(SelectiveScanTestBase):
     backend = INTERPRETED
     # Interpreting costs seconds per call: a few tiles of 16 tokens, 1 or 2 CTAs of 128 channels.
     shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
 
 
-@pytest.mark.slow
+@SLOW
 class TestMosaicSegments(SelectiveScanTestBase):
     """The shared base with every sequence cut into 3 segments (summary pass, entry states chained
     in the output pass, a shorter last segment), fused two directions included."""
 
     backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, stages=2, segments=3), interpret=True)
     shapes = [(2, 19, 5, 3), (1, 33, 24, 4), (1, 17, 130, 5)]
+    # Segments cut the forward pass only: the gradients of these calls are the fallback's (fewer
+    # CTAs than `bwd_min_ctas`), or else the backward kernel's, which takes the inputs and no
+    # forward state; both are checked elsewhere (the kernel by TestMosaic on the same inputs, the
+    # fallbacks in test_selective_scan.py).
+    test_gradients_match_float64_reference = None
 
 
 def _f32(inputs):
     return {k: jnp.asarray(v, jnp.float32) for k, v in inputs.items()}
 
 
-@pytest.mark.parametrize("tile,stages,reverse", [(1, 1, True), (4, 2, False), (4, 3, True)])
+@pytest.mark.parametrize("tile,stages,reverse", [pytest.param(1, 1, True, marks=SLOW), (4, 2, False),
+                                                 pytest.param(4, 3, True, marks=SLOW)])
 def test_ring_sizes_give_the_same_scan(tile, stages, reverse):
     """Rings of 1 to 3 slots, tiles of 1 or 4 tokens over 9 tokens (a ragged tile of 1)."""
     inputs = random_scan_inputs(80, 1, 9, 7, 4)
@@ -72,8 +81,8 @@ def _gradients_match(inputs, backend, reverse=False, bidirectional=False, wrt=AR
 
 
 @pytest.mark.parametrize("bwd_chunk,ckpt_chunks,reverse",
-                         [pytest.param(1, 4, False, marks=pytest.mark.slow),  # 9 channel sums: ~40 s
-                          (2, 3, True), (4, 2, False), (3, 1, True), (16, 4, True)])
+                         [(1, 4, False), (2, 3, True), (4, 2, False), (3, 1, True), (16, 4, True)])
+@SLOW  # the fast tier's backward is test_switched_off_backward_runs_the_fallback's
 def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_chunks, reverse):
     """Chunks of 1 to 16 tokens over 9, segments of 1 to 4 chunks: ragged last chunks (of 1 and 3
     tokens) alone in the last segment or behind full ones, a ragged last segment, one chunk
@@ -82,6 +91,7 @@ def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_ch
     _gradients_match(inputs, interpreted(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks), reverse)
 
 
+@SLOW
 def test_backward_over_two_channel_blocks_and_batch_rows():
     """130 channels (two CTAs, the second nearly all padding) and two batch rows: the partial sums
     of dB, dC (over channel blocks) and of dA, dD, d delta_bias (over batch rows)."""
@@ -89,12 +99,14 @@ def test_backward_over_two_channel_blocks_and_batch_rows():
     _gradients_match(inputs, interpreted(tile=4), reverse=True)
 
 
+@SLOW
 def test_fused_bidirectional_backward():
     inputs = random_scan_inputs(96, 1, 5, 5, 2, lead=(2,))
     _gradients_match(inputs, interpreted(tile=4, bwd_chunk=2),
                      bidirectional=True)
 
 
+@SLOW
 def test_backward_without_optional_arguments():
     """No D, z or delta_bias (their gradients are not asked for) and no softplus on delta."""
     inputs = random_scan_inputs(97, 1, 6, 5, 2)
@@ -112,6 +124,7 @@ def test_backward_without_optional_arguments():
         assert rel_err(got[name], ref[name]) < 1e-4, name
 
 
+@SLOW
 def test_bfloat16_gradients():
     inputs = random_scan_inputs(98, 1, 9, 7, 4)
     rounded = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in inputs.items()}
@@ -139,6 +152,7 @@ def test_switched_off_backward_runs_the_fallback(backward_traces):
     assert backward_traces
 
 
+@SLOW
 def test_few_ctas_take_the_fallback_backward(backward_traces):
     """Below `bwd_min_ctas` CTAs (here 2: two batch rows of one channel block) the backward is
     the fallback's."""
@@ -149,12 +163,14 @@ def test_few_ctas_take_the_fallback_backward(backward_traces):
     assert backward_traces
 
 
+@SLOW
 def test_single_token():
     inputs = random_scan_inputs(81, 1, 1, 6, 2, lead=(2,))
     ref, _ = oracle(inputs, bidirectional=True)
     assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=INTERPRETED), ref) < 1e-5
 
 
+@SLOW
 def test_long_bidirectional_runs_as_two_launches(monkeypatch):
     """Where the parked first direction would not fit in shared memory (here: none does), both
     directions run as two launches with the same values."""
@@ -199,7 +215,8 @@ def test_options_are_fields_of_a_hashable_backend():
     assert a != ms.MosaicScan(ms.MosaicScanConfig(tile=8), interpret=True)
 
 
-@pytest.mark.parametrize("length,segments,reverse", [(33, 3, True), (16, 2, False), (61, 4, False)])
+@pytest.mark.parametrize("length,segments,reverse", [pytest.param(33, 3, True, marks=SLOW), (16, 2, False),
+                                                       pytest.param(61, 4, False, marks=SLOW)])
 def test_segments_give_the_same_scan(length, segments, reverse):
     """Segments of whole tiles with a shorter last one (33 = 12 + 12 + 9, 61 = 16 x 3 + 13), or
     all equal (16 = 8 + 8, tiles of 4 with more tiles than slots), 200 channels (two CTAs wide)."""
@@ -209,7 +226,7 @@ def test_segments_give_the_same_scan(length, segments, reverse):
     assert rel_err(selective_scan(**_f32(inputs), reverse=reverse, backend=backend), ref) < 1e-5
 
 
-@pytest.mark.parametrize("drop", [(), ("D", "z", "delta_bias")])
+@pytest.mark.parametrize("drop", [(), pytest.param(("D", "z", "delta_bias"), marks=SLOW)])
 def test_fused_two_directions_with_segments(drop):
     """Both directions in one launch per segment, with and without D, z and delta_bias."""
     inputs = {k: v for k, v in random_scan_inputs(86, 1, 33, 200, 3, lead=(2,)).items() if k not in drop}
@@ -218,6 +235,7 @@ def test_fused_two_directions_with_segments(drop):
     assert rel_err(selective_scan_bidirectional(**_f32(inputs), backend=backend), ref) < 1e-5
 
 
+@SLOW
 def test_two_launches_with_segments(monkeypatch):
     """Where no park fits, two one-direction launches, each with its segments."""
     from pallas_kernels.mosaic_scan import forward
@@ -248,9 +266,9 @@ def test_plan_cuts_only_calls_that_leave_the_gpu_idle():
 
 
 @pytest.mark.parametrize("length,tile,drop,out_scale", [
-    (33, 4, (), 0.5),  # 9 tiles: 4 parked by the forward warpgroup, 5 by the backward one
+    pytest.param(33, 4, (), 0.5, marks=SLOW),  # 9 tiles: 4 parked by the forward warpgroup, 5 by the backward one
     (19, 16, ("D", "z", "delta_bias"), 1.0),  # 2 tiles, the backward one's first is ragged
-    (1, 16, (), 0.5),  # one tile: the forward warpgroup parks nothing, the backward one all
+    pytest.param(1, 16, (), 0.5, marks=SLOW),  # one tile: the forward warpgroup parks nothing, the backward one all
 ])
 def test_two_warpgroups_scan_both_directions_at_once(length, tile, drop, out_scale):
     inputs = {k: v for k, v in random_scan_inputs(88, 1, length, 200, 3, lead=(2,)).items() if k not in drop}

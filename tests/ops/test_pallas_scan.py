@@ -1,6 +1,7 @@
 """The Pallas selective-scan kernels, run by the Pallas interpreter on CPU.
 
-The shared base checks values and gradients against the float64 reference; the shapes here keep
+The shared base (the full suite) checks values and gradients against the float64 reference; the
+fast tier interprets one kernel per path (one direction, fused with segments). The shapes keep
 the interpreter's compile time small (a small state, a chunk of 4) while staying awkward: odd
 lengths with a tail shorter than a chunk, channel counts that are not multiples of the channel
 block, and several channel blocks. The tests below add the tails, segments, the fused
@@ -29,6 +30,7 @@ def interpreted(config=None):
     return pss.PallasScan(config=config, interpret=True)
 
 
+@pytest.mark.slow  # interpreted kernels of every case of the shared base: minutes
 class TestPallas(SelectiveScanTestBase):
     backend = interpreted(SMALL)
     # Lengths 33, 37 and 21 all leave a 1-token tail after chunks of 2 (and of 8, below); the
@@ -45,7 +47,13 @@ def _check(backend, inputs, reverse=False, bidirectional=False, wrt=ARG_NAMES, t
         assert rel_err(got[name], ref_g[name]) < tol[1], name
 
 
-# The three tiling cases below interpret bigger kernels (values and gradients): the slow tier.
+def test_one_direction_values_and_gradients():
+    """The fast tier's one-direction kernels (the shared base runs in the full suite): a tail of
+    1 token after chunks of 2, two forward channel blocks and a ragged backward one."""
+    _check(interpreted(SMALL), random_scan_inputs(61, 2, 9, 20, 3))
+
+
+# The two tiling cases below interpret bigger kernels (values and gradients): the slow tier.
 @pytest.mark.slow
 def test_tail_is_masked_not_skipped():
     """The default tiling (chunks of 8): 2 chunks and a tail of 5, scanned in reverse (so the tail
@@ -54,12 +62,12 @@ def test_tail_is_masked_not_skipped():
     _check(interpreted(pss.ScanConfig()), random_scan_inputs(60, 2, 21, 40, 4), reverse=True)
 
 
-@pytest.mark.slow
 def test_segments_bidirectional():
-    """A sequence cut into segments (summaries + XLA chaining), both directions fused, with a
-    ragged last segment and another channel block in the backward (cross-warp shuffle sums)."""
+    """A sequence cut into segments (summaries + XLA chaining), both directions fused: 19 tokens in
+    segments of two chunks of 4 and a last one shorter than a chunk, two forward channel blocks,
+    and a backward block of 64 channels over 2 warps (cross-warp shuffle sums)."""
     config = pss.ScanConfig(block_c=16, chunk=4, seg_len=8, bwd_block_c=64, bwd_num_warps=2)
-    _check(interpreted(config), random_scan_inputs(70, 1, 27, 40, 3, lead=(2,)), bidirectional=True)
+    _check(interpreted(config), random_scan_inputs(70, 1, 19, 20, 3, lead=(2,)), bidirectional=True)
 
 
 @pytest.mark.slow

@@ -76,6 +76,7 @@ def _check(config, inputs, reverse=False, bidirectional=False):
         assert rel_err(got[name], ref_g[name]) < 1e-4, name
 
 
+@pytest.mark.slow  # the fast tier interprets the fused, segmented kernels below
 def test_default_chunk_with_tail_reverse():
     """Chunks of 8 (the GPU default): 2 chunks and a tail of 5, scanned in reverse."""
     _check(ScanConfig(chunk=8, block_c=32, bwd_block_c=32), random_scan_inputs(60, 1, 21, 40, 4), reverse=True)
@@ -88,6 +89,7 @@ def test_segments_bidirectional_two_warp_shuffle_sums():
            random_scan_inputs(70, 1, 11, 40, 3, lead=(2,)), bidirectional=True)
 
 
+@pytest.mark.slow
 def test_segments_reverse_tree_reduction():
     _check(ScanConfig(block_c=32, chunk=2, seg_len=12, reduce="tree"), random_scan_inputs(71, 1, 23, 5, 4),
            reverse=True)
