@@ -13,6 +13,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 
 import ablate  # noqa: E402
 import ablation_grids  # noqa: E402
+import bench_models  # noqa: E402
 
 
 def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -62,6 +63,14 @@ def test_ablate_smoke_trains_both_models_and_writes_its_results(tmp_path):
     # A finished run is read back, not trained again.
     assert (tmp_path / "runs" / "vim_vs_deit_smoke" / "vim_seed0" / "result.json").exists()
     assert not (tmp_path / "runs" / "vim_vs_deit_smoke" / "vim_seed0" / "checkpoints").exists()
+
+
+def test_bench_models_times_both_families_before_the_base_models():
+    args = bench_models.parse_args([])
+    groups = [[(j.model, j.train) for j in g] for g in bench_models.plan(args) if g[0].section == "224"]
+    assert groups == [[(m, t) for t in (False, True) for m in (f"{family}_tiny", f"{family}_small")]
+                      for family in ("vim", "deit")] + [[(f"{family}_base", False), (f"{family}_base", True)]
+                                                       for family in ("vim", "deit")]
 
 
 def test_ranking_agreement():
