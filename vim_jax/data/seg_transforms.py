@@ -366,13 +366,19 @@ def train_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
 
 
 def train_transform(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                    config: SegTrainConfig = SegTrainConfig()) -> dict[str, np.ndarray]:
-    """The official training pipeline: {"image": uint8 [crop_h, crop_w, 3], "mask": [crop_h, crop_w]}."""
+                    config: SegTrainConfig = SegTrainConfig(), photometric_on_device: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """The official training pipeline: {"image": uint8 [crop_h, crop_w, 3], "mask": [crop_h, crop_w]}.
+    With ``photometric_on_device`` the distortion is only drawn: the dict also holds
+    "photometric" (:func:`photometric_columns`) for the training step to apply."""
     image, mask, photometric = train_crop(image, mask, rng, config)
-    if photometric is not None:
+    drawn = {}
+    if photometric is not None and photometric_on_device:
+        drawn["photometric"] = photometric_columns(photometric, *mask.shape)
+    elif photometric is not None:
         image = apply_photometric(image, photometric)
     image, mask = pad_to(image, mask, config.crop_size, config.pad_colour, config.ignore_index)
-    return {"image": image, "mask": mask}
+    return {"image": image, "mask": mask, **drawn}
 
 
 def eval_transform(image: np.ndarray, scale: tuple[int, int] = (2048, 512)) -> np.ndarray:

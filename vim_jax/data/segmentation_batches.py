@@ -55,15 +55,9 @@ class SegmentationLoader:
     def example(self, index: int, position: int) -> dict[str, np.ndarray]:
         record = self.source[int(index)]
         image, label = record["image"], record["mask"]
-        rng = st.example_rng(self.seed, position)
-        if self.train and self.device_photometric and self.config.photometric:
-            image, label, photometric = st.train_crop(image, label, rng, self.config)
-            columns = st.photometric_columns(photometric, *label.shape)
-            image, label = st.pad_to(image, label, self.config.crop_size, self.config.pad_colour,
-                                     self.config.ignore_index)
-            return {"image": image, "mask": label, "photometric": columns}
         if self.train:
-            return st.train_transform(image, label, rng, self.config)
+            return st.train_transform(image, label, st.example_rng(self.seed, position), self.config,
+                                      photometric_on_device=self.device_photometric)
         image, label = st.rescale(image, label, self.config.scale)
         if self.eval_pad_size is not None:
             image, label = st.pad_to(image, label, self.eval_pad_size, self.config.pad_colour,
