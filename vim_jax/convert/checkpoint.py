@@ -206,7 +206,10 @@ def recorded_config(path: str | os.PathLike, config_class: type):
     """The model config a vim_jax checkpoint records (as a `config_class`), or None if it records
     none; `CheckpointMismatchError` if it was written for another model family."""
     step = orbax_io.find_step_directory(path)
-    metadata = orbax_io.read_metadata(step)
+    return _config_of(step, orbax_io.read_metadata(step), config_class)
+
+
+def _config_of(step: Path, metadata: dict, config_class: type):
     if not metadata:
         return None
     try:
@@ -221,7 +224,7 @@ def _read_orbax(path: Path, cfg, keys: CheckpointKeys, expected: dict, which: st
     step = orbax_io.find_step_directory(path)
     metadata = orbax_io.read_metadata(step)
     described = f"{step} ('{_ORBAX_ITEMS[which]}')"
-    source_cfg = recorded_config(step, type(cfg))
+    source_cfg = _config_of(step, metadata, type(cfg))
     if source_cfg is not None:
         free = keys.runtime_fields | may_differ | ({"num_classes"} if new_head else set())
         check_config(source_cfg, cfg, described, metadata.get("model"), free)
