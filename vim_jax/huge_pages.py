@@ -6,7 +6,9 @@ XLA:CPU gives every call of a compiled program a fresh temporary buffer and free
 faults in and zeroes ~34,000 fresh 4 KiB pages: 5.8 million page faults in a 150-step run, about
 a quarter of its CPU time spent in the kernel. glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35)
 asks for transparent huge pages on those blocks (`madvise(MADV_HUGEPAGE)`), which cut the
-faults 25x (0.23 million) and the run's CPU time by 23% (81 -> 62 CPU-seconds, two-core machine).
+faults 25x (0.23 million) and the run's CPU time by 23% (81 -> 62 CPU-seconds; `perf stat` of
+back-to-back 150-step runs on a loaded two-core machine, 2026-12-01,
+`experiments/results/fashion_mnist_cpu.md`).
 
 A tunable is read when the process starts, so `vim-jax` starts itself again with it set
 (`relaunch`); setting ``VIM_JAX_HUGE_PAGES=0`` turns this off. In a notebook or another program,
