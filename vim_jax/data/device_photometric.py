@@ -15,12 +15,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from vim_jax.data.seg_transforms import PHOTOMETRIC_COLUMNS
+from vim_jax.data.seg_transforms import rgb_to_hsv as st_rgb_to_hsv
 
 _COLUMN = {name: i for i, name in enumerate(PHOTOMETRIC_COLUMNS)}
 
-# hsv_to_rgb's factors of V for every 8-bit (H, S), computed as the numpy reference computes them:
-# on the device, XLA would turn H / 30 into a product with a reciprocal and 1 - S * F into a fused
-# multiply-add, each an ulp off, which moves roundings at exact half values.
+# Both conversions read the numpy reference's own results from tables instead of redoing its
+# float32 arithmetic: on a GPU, XLA contracts hue * 30 + 180 into one fused multiply-add and would
+# turn H / 30 into a product with a reciprocal, each an ulp off the reference, which moves
+# roundings at exact half values (an H200 failed the exact comparison with the formulas).
+#
+# rgb_to_hsv: OpenCV's hue depends only on which channel is the largest (red first, then green),
+# the difference of the other two (red: g - b, green: b - r, blue: r - g) and max - min; its
+# saturation only on max and max - min. One colour per such case, converted by the reference:
+_DIFF = np.arange(256)[None, :]
+_NUM = np.arange(-255, 256)[:, None]
+_LOW = 255 - _DIFF  # the smallest channel, the largest being 255
+_OTHER = (_LOW + np.maximum(_NUM, 0), _LOW + np.maximum(-_NUM, 0))  # the two others: their difference is _NUM
+_FEASIBLE = np.abs(_NUM) <= _DIFF
+_TOP = np.full(np.broadcast_shapes(_NUM.shape, _DIFF.shape), 255)
+# (r, g, b) per case, the largest channel being red, green or blue:
+_CASE_RGB = [np.stack(channels, axis=-1) for channels in
+             ((_TOP, *_OTHER), (_OTHER[1], _TOP, _OTHER[0]),
+              (_OTHER[0], _OTHER[1], _TOP))]
+_HUE = np.stack([np.where(_FEASIBLE, st_rgb_to_hsv(np.clip(c, 0, 255).astype(np.uint8))[..., 0], 0)
+                 for c in _CASE_RGB])  # [3, 511, 256]: case, difference + 255, max - min
+_VALUE = np.arange(256)[:, None]
+_GREYISH = np.stack(np.broadcast_arrays(_VALUE, *(2 * [np.clip(_VALUE - _DIFF, 0, 255)])), axis=-1)
+_SATURATION = st_rgb_to_hsv(_GREYISH.astype(np.uint8))[..., 1]  # [256, 256]: max, max - min (<= max)
+
+# hsv_to_rgb's factors of V for every 8-bit (H, S), computed as the numpy reference computes them.
 _H = np.arange(180, dtype=np.float32)[:, None] / np.float32(30)
 _S = np.arange(256, dtype=np.float32)[None, :] / np.float32(255)
 _F = _H - np.floor(_H)
@@ -35,15 +58,15 @@ def _convert(x: jax.Array, alpha=1.0, beta=0.0) -> jax.Array:
 
 def rgb_to_hsv(x: jax.Array) -> jax.Array:
     """Whole-valued float RGB [..., 3] -> OpenCV 8-bit HSV (H in [0, 180), S and V in [0, 255])."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    value = x.max(axis=-1)
-    diff = value - x.min(axis=-1)
-    safe = jnp.where(diff > 0, diff, 1.0)
-    hue = jnp.where(value == r, (g - b) / safe, jnp.where(value == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    hue = jnp.where(diff > 0, hue * 30.0, 0.0)
-    hue = jnp.mod(jnp.round(jnp.where(hue < 0, hue + 180, hue)), 180.0)
-    saturation = jnp.round(jnp.where(value > 0, 255 * diff / jnp.where(value > 0, value, 1.0), 0.0))
-    return jnp.stack([hue, saturation, value], axis=-1)
+    channels = x.astype(jnp.int32)
+    r, g, b = channels[..., 0], channels[..., 1], channels[..., 2]
+    value = channels.max(axis=-1)
+    diff = value - channels.min(axis=-1)
+    case = jnp.where(value == r, 0, jnp.where(value == g, 1, 2))
+    num = jnp.select([case == 0, case == 1], [g - b, b - r], r - g)
+    hue = jnp.asarray(_HUE, jnp.float32)[case, num + 255, diff]
+    saturation = jnp.asarray(_SATURATION, jnp.float32)[value, diff]
+    return jnp.stack([hue, saturation, value.astype(jnp.float32)], axis=-1)
 
 
 def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
