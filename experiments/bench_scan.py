@@ -262,7 +262,7 @@ def main():
     if args.checks != "none":
         ref_cache = {}
         plan = []
-        check_shapes = shapes if args.checks == "full" else [shapes[0], shapes[-1]]
+        check_shapes = list(dict.fromkeys(shapes if args.checks == "full" else [shapes[0], shapes[-1]]))
         if args.check_backends:
             kernels = [b for b in backends if is_kernel(b) and b in args.check_backends.split(",")]
         else:

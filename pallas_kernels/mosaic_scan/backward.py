@@ -1,11 +1,11 @@
-"""The backward kernel: one warpgroup per (direction, batch row, 128 channels), one channel per
-thread, states recomputed rather than stored.
+"""The backward kernel: one warpgroup per (direction, batch row, 128 channels[, segment]), one
+channel per thread, states recomputed rather than stored.
 
-Pass 1 scans the sequence forwards and writes the state entering every segment of
+Pass 1 scans the sequence forwards and writes the state entering every checkpoint group of
 `ckpt_chunks` chunks of `bwd_chunk` tokens to an HBM scratch output (each thread reads back only
-what it wrote itself, so no synchronisation is needed). Pass 2 takes the segments last to first:
-it rescans the segment, putting each chunk's entry state in shared memory (again each thread its
-own column), then takes the segment's chunks last to first: it recomputes the chunk's states
+what it wrote itself, so no synchronisation is needed). Pass 2 takes the groups last to first:
+it rescans the group, putting each chunk's entry state in shared memory (again each thread its
+own column), then takes the group's chunks last to first: it recomputes the chunk's states
 from its entry state, keeping them in registers, then runs the adjoint back through the chunk,
 
     lam_t    = dy_t C_t + exp(delta_{t+1} A) lam_{t+1}      (per state, lam after the last = 0)
@@ -22,6 +22,13 @@ each thread writes its chunk's 2 N terms per token into its own column of a shar
 reading them column by column (the row pitch of 129 words puts the 32 lanes of a warp in 32
 banks). One partial per channel block leaves the kernel; XLA adds them up.
 
+Long sequences with few CTAs can be cut into segments along the grid (`bwd_segments`), in two
+launches. The summary launch scans every segment from zero twice: forwards for its end state,
+backwards for the adjoint it hands to the segment before it, and sums its delta (the decay over a
+segment is `exp2(A2 * sum(delta))` for both). The main launch chains the summaries of the
+segments before its own into its entry state and of those after it into its incoming adjoint,
+then runs both passes over its segment; its per-channel sums are partials that XLA adds up.
+
 Inputs are read straight from global memory, token by token (one coalesced row of 128 channels,
 and B_t, C_t as scalars every thread loads at one address), and outputs written the same way.
 """
@@ -36,7 +43,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.mosaic_scan import scan_math
+from pallas_kernels.mosaic_scan import scan_math, segments
 from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, SMEM_BYTES, Static
 from pallas_kernels.mosaic_scan.forward import _interpreter
 
@@ -52,14 +59,29 @@ def reduction_rows(chunk: int, state: int) -> int:
     return -(-chunk * 2 * state // W) * W
 
 
+def segment_len(length: int, ctas: int, quantum: int, cfg) -> int:
+    """Tokens per backward segment (a multiple of `quantum`, or the whole sequence), for a call of
+    `ctas` CTAs before cutting: `cfg.bwd_segments`, or with 0 as many as `segments.count` plans."""
+    n_seg = cfg.bwd_segments or segments.count(length, ctas, cfg)
+    return segments.segment_len(length, n_seg, quantum)
+
+
+def _plan(length: int, ctas: int, state: int, cfg):
+    """(chunk, chunks per checkpoint group, tokens per segment) of a call."""
+    chunk = min(cfg.bwd_chunk, length)
+    group = min(cfg.ckpt_chunks, -(-length // chunk))
+    return chunk, group, segment_len(length, ctas, chunk * group, cfg)
+
+
 def supported(u_shape, state: int, static: Static) -> bool:
     """Whether the kernel should run this call, u being [ndir, batch, length, channels] (else the
     VJP falls back to another backend's)."""
     cfg = static.cfg
-    ndir, batch, _, channels = u_shape
+    ndir, batch, length, channels = u_shape
     ctas = ndir * batch * -(-channels // W)
+    _, _, seg_len = _plan(length, ctas, state, cfg)
     smem = (reduction_rows(cfg.bwd_chunk, state) * (W + 1) + cfg.ckpt_chunks * state * W) * 4
-    return cfg.mosaic_backward and ctas >= cfg.bwd_min_ctas and smem <= SMEM_BYTES
+    return cfg.mosaic_backward and ctas * -(-length // seg_len) >= cfg.bwd_min_ctas and smem <= SMEM_BYTES
 
 
 def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
@@ -80,37 +102,35 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
     """
     ndir, batch, length, channels = u.shape
     cfg = static.cfg
-    chunk = min(cfg.bwd_chunk, length)
-    n_chunks = -(-length // chunk)
-    rows = reduction_rows(chunk, state)
-    ckpt = min(cfg.ckpt_chunks, n_chunks)
-    n_segs = -(-n_chunks // ckpt)
     cblocks = channels // W
+    chunk, group, seg_len = _plan(length, ndir * batch * cblocks, state, cfg)
+    n_chunks = -(-length // chunk)
+    n_seg = -(-length // seg_len)
+    rows = reduction_rows(chunk, state)
     act = lambda dtype: jax.ShapeDtypeStruct((ndir, batch, length, channels), dtype)
     out_type = [act(u.dtype), act(delta.dtype)]
     if static.has_z:  # two directions' terms are added in XLA, so in float32
         out_type.append(act(z.dtype if ndir == 1 else F32))
     out_type += [jax.ShapeDtypeStruct((ndir, cblocks, batch, n_chunks, rows), F32),
-                 jax.ShapeDtypeStruct((ndir, batch, state + 2, channels), F32),
-                 # scratch: the state entering every segment (pass 1 writes, pass 2 reads)
-                 jax.ShapeDtypeStruct((ndir, batch, n_segs, state, channels), F32)]
-    body = functools.partial(_kernel, static=static, state=state, state_pad=bc.shape[-1] // 2,
-                             chunk=chunk, n_chunks=n_chunks, rows=rows)
-    kernel = plgpu.kernel(
-        body,
-        out_type=tuple(out_type),
-        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32), entries=plgpu.SMEM((ckpt, state, W), F32)),
-        grid=(ndir, batch, cblocks),
-        grid_names=("dir", "batch", "cblock"),
-        compiler_params=plgpu.CompilerParams(
-            approx_math=cfg.approx_math and not static.interpret,
-            # Every thread touches only its own column of `red` except in the channel sums,
-            # which have their barriers (`commit_smem`) on both sides.
-            unsafe_no_auto_barriers=True,
-            lowering_semantics=plgpu.LoweringSemantics.Lane),
-        interpret=_interpreter() if static.interpret else None,
-    )
+                 jax.ShapeDtypeStruct((ndir, batch, n_seg, state + 2, channels), F32),
+                 # scratch: the state entering every checkpoint group (pass 1 writes, pass 2 reads)
+                 jax.ShapeDtypeStruct((ndir, batch, -(-n_chunks // group), state, channels), F32)]
+    shape = dict(static=static, state=state, state_pad=bc.shape[-1] // 2, chunk=chunk, seg_len=seg_len,
+                 n_seg=n_seg)
+    grid = dict(grid=(ndir, batch, cblocks) + ((n_seg,) if n_seg > 1 else ()),
+                grid_names=("dir", "batch", "cblock") + (("seg",) if n_seg > 1 else ()))
     args = [u, delta] + ([z] if static.has_z else []) + [dout, bc, params]
+    if n_seg > 1:
+        summary = plgpu.kernel(
+            functools.partial(_summary_kernel, **shape),
+            out_type=jax.ShapeDtypeStruct((ndir, batch, n_seg, 2 * state + 1, channels), F32),
+            **grid, **_compiler(static))
+        args.append(summary(*args))
+    kernel = plgpu.kernel(
+        functools.partial(_kernel, **shape, n_chunks=n_chunks, rows=rows),
+        out_type=tuple(out_type),
+        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32), entries=plgpu.SMEM((group, state, W), F32)),
+        **grid, **_compiler(static))
     outs = list(kernel(*args))
     du, dd = outs.pop(0), outs.pop(0)
     dz = outs.pop(0).sum(0, dtype=F32) if static.has_z else None
@@ -119,97 +139,184 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
     terms = dbc.sum(1)[..., :chunk * 2 * state].reshape(ndir, batch, n_chunks * chunk, 2 * state)
     terms = jnp.stack([terms[i, :, length - 1::-1] if rev else terms[i, :, :length]
                        for i, rev in enumerate(static.revs)])
-    return du, dd, dz, terms, dp.sum(1)
+    return du, dd, dz, terms, dp.sum((1, 2))
+
+
+def _compiler(static: Static) -> dict:
+    return dict(
+        compiler_params=plgpu.CompilerParams(
+            approx_math=static.cfg.approx_math and not static.interpret,
+            # Every thread touches only its own column of `red` except in the channel sums,
+            # which have their barriers (`commit_smem`) on both sides.
+            unsafe_no_auto_barriers=True,
+            lowering_semantics=plgpu.LoweringSemantics.Lane),
+        interpret=_interpreter() if static.interpret else None)
 
 
 def _sigmoid(x):
     return 1.0 / (1.0 + jnp.exp(-x))
 
 
-def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red, entries):
-    refs = list(refs)
-    u_g, d_g = refs.pop(0), refs.pop(0)
-    z_g = refs.pop(0) if static.has_z else None
-    dout_g, bc_g, p_g = refs.pop(0), refs.pop(0), refs.pop(0)
-    du_g, dd_g = refs.pop(0), refs.pop(0)
-    dz_g = refs.pop(0) if static.has_z else None
-    dbc_g, dp_g, ck_g = refs
-    length = u_g.shape[2]
-    S = state
-    K = entries.shape[0]  # chunks per segment
-    n_segs = -(-n_chunks // K)
-    k = jax.lax.axis_index("dir")
-    b = jax.lax.axis_index("batch")
-    cb = jax.lax.axis_index("cblock")
-    cols = pl.ds(cb * W, W)
-    A2 = [p_g[k, n, cols] for n in range(S)]
-    D = p_g[k, S, cols]
-    bias = p_g[k, S + 1, cols]
-    zero = D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
+class _Lanes:
+    """One CTA's view of the inputs: its direction k, batch row b and 128 channels (one per
+    thread), the per-channel parameters in registers, and the recurrence of the states."""
 
-    def token(p):
+    def __init__(self, static: Static, state: int, state_pad: int, u_g, d_g, z_g, dout_g, bc_g, p_g):
+        self.static, self.S, self.state_pad = static, state, state_pad
+        self.u_g, self.d_g, self.z_g, self.dout_g, self.bc_g = u_g, d_g, z_g, dout_g, bc_g
+        self.length = u_g.shape[2]
+        self.k = jax.lax.axis_index("dir")
+        self.b = jax.lax.axis_index("batch")
+        self.cb = jax.lax.axis_index("cblock")
+        self.cols = pl.ds(self.cb * W, W)
+        self.A2 = [p_g[self.k, n, self.cols] for n in range(state)]
+        self.D = p_g[self.k, state, self.cols]
+        self.bias = p_g[self.k, state + 1, self.cols]
+        self.zero = self.D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
+
+    def token(self, p):
         """Token index of scan position p (direction 1 of a pair scans last to first)."""
-        if len(static.revs) == 2:
-            return p + k * (length - 1 - 2 * p)
-        return length - 1 - p if static.revs[0] else p
+        revs, last = self.static.revs, self.length - 1
+        if len(revs) == 2:
+            return p + self.k * (last - 2 * p)
+        return last - p if revs[0] else p
 
-    def inputs(p, adjoint=True):
-        """Scan position p's token and per-channel values (only those of the state's recurrence
-        unless `adjoint`)."""
-        t = token(p)
-        raw = d_g[k, b, t, cols].astype(F32) + bias
-        v = dict(t=t, u=u_g[k, b, t, cols].astype(F32))
-        v["dt"] = scan_math.softplus(raw) if static.delta_softplus else raw
+    def inputs(self, p, state=True, adjoint=True):
+        """Scan position p's token and per-channel values: those of the state's recurrence (u,
+        delta) if `state`, those of the adjoint's (dy and the derivatives) if `adjoint`."""
+        t, k, b, cols, static = self.token(p), self.k, self.b, self.cols, self.static
+        raw = self.d_g[k, b, t, cols].astype(F32) + self.bias
+        v = dict(t=t, dt=scan_math.softplus(raw) if static.delta_softplus else raw)
+        if state:
+            v["u"] = self.u_g[k, b, t, cols].astype(F32)
         if not adjoint:
             return v
         v["dgrad"] = _sigmoid(raw) if static.delta_softplus else None
-        v["dout"] = v["dy"] = dout_g[b, t, cols].astype(F32) * static.scale
+        v["dout"] = v["dy"] = self.dout_g[b, t, cols].astype(F32) * static.scale
         if static.has_z:
-            zz = z_g[b, t, cols].astype(F32)
+            zz = self.z_g[b, t, cols].astype(F32)
             sig = _sigmoid(zz)
             v["dy"] = v["dout"] * zz * sig
             v["dsilu"] = sig * (1.0 + zz * (1.0 - sig))
         return v
 
-    B_of = lambda t: [bc_g[k, b, t, n] for n in range(S)]
-    C_of = lambda t: [bc_g[k, b, t, state_pad + n] for n in range(S)]
+    def B_of(self, t):
+        return [self.bc_g[self.k, self.b, t, n] for n in range(self.S)]
 
-    def advance(h, v, Bt):
+    def C_of(self, t):
+        return [self.bc_g[self.k, self.b, t, self.state_pad + n] for n in range(self.S)]
+
+    def decay(self, v):
+        return [jnp.exp2(v["dt"] * self.A2[n]) for n in range(self.S)]
+
+    def advance(self, h, v):
         """h_t from h_{t-1}."""
         dtu = v["dt"] * v["u"]
-        return [jnp.exp2(v["dt"] * A2[n]) * h[n] + dtu * Bt[n] for n in range(S)]
+        a, Bt = self.decay(v), self.B_of(v["t"])
+        return [a[n] * h[n] + dtu * Bt[n] for n in range(self.S)]
 
-    # Pass 1: the state entering every segment of `ckpt_chunks` chunks (HBM). Only the last
-    # chunk in scan order can be ragged, and the last segment's own steps are not needed here.
+    def chain(self, summ_g, segs, row):
+        """Summaries `row` (the end states, or the adjoints) of segments `segs(i)`, i = 0, 1, ...,
+        chained from zero: x <- exp2(A2 * sum(delta)) x + x_end, one segment at a time."""
+        S, k, b, cols = self.S, self.k, self.b, self.cols
+
+        def add(i, x):
+            r = segs(i)
+            delta_sum = summ_g[k, b, r, 2 * S, cols]
+            return [jnp.exp2(self.A2[n] * delta_sum) * x[n] + summ_g[k, b, r, row + n, cols] for n in range(S)]
+        return add
+
+
+def _split_refs(refs, static: Static):
+    """The input refs of both kernels, in `scan_backward`'s order, and what follows them."""
+    refs = list(refs)
+    u_g, d_g = refs.pop(0), refs.pop(0)
+    z_g = refs.pop(0) if static.has_z else None
+    dout_g, bc_g, p_g = refs.pop(0), refs.pop(0), refs.pop(0)
+    return (u_g, d_g, z_g, dout_g, bc_g, p_g), refs
+
+
+def _by_segment(run, *, length, seg_len, n_seg, seg):
+    """run(rows) for this CTA's segment (`rows` its static token count: only the last segment
+    in scan order can be shorter)."""
+    last_rows = length - (n_seg - 1) * seg_len
+    if n_seg == 1 or last_rows == seg_len:
+        run(last_rows)
+    else:
+        pl.when(seg < n_seg - 1)(lambda: run(seg_len))
+        pl.when(seg == n_seg - 1)(lambda: run(last_rows))
+
+
+def _summary_kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg):
+    """Per segment, from zero: the end state of a forward scan, the adjoint carried out of its
+    first position by a backward scan (`lam` after its `exp2(delta A)`), and the sum of delta."""
+    ins, (summ_g,) = _split_refs(refs, static)
+    lanes = _Lanes(static, state, state_pad, *ins)
+    S, k, b, cols = state, lanes.k, lanes.b, lanes.cols
+    seg = jax.lax.axis_index("seg")
+
+    def run(rows):
+        p0 = seg * seg_len
+
+        def forwards(lo, steps, carry):
+            h, delta_sum = carry
+            for j in range(steps):
+                v = lanes.inputs(p0 + lo + j, adjoint=False)
+                h, delta_sum = lanes.advance(h, v), delta_sum + v["dt"]
+            return h, delta_sum
+
+        def backwards(hi, steps, lam):
+            for j in range(steps):
+                v = lanes.inputs(p0 + hi - 1 - j, state=False)
+                a, Ct = lanes.decay(v), lanes.C_of(v["t"])
+                lam = [a[n] * (lam[n] + v["dy"] * Ct[n]) for n in range(S)]
+            return lam
+
+        full, tail = rows // chunk, rows % chunk
+        carry = jax.lax.fori_loop(0, full, lambda i, c: forwards(i * chunk, chunk, c), ([lanes.zero] * S, lanes.zero))
+        h, delta_sum = forwards(full * chunk, tail, carry)
+        lam = backwards(rows, tail, [lanes.zero] * S)
+        lam = jax.lax.fori_loop(0, full, lambda i, c: backwards((full - i) * chunk, chunk, c), lam)
+        for n in range(S):
+            summ_g[k, b, seg, n, cols] = h[n]
+            summ_g[k, b, seg, S + n, cols] = lam[n]
+        summ_g[k, b, seg, 2 * S, cols] = delta_sum
+
+    _by_segment(run, length=lanes.length, seg_len=seg_len, n_seg=n_seg, seg=seg)
+
+
+def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_chunks, rows, red, entries):
+    ins, outs = _split_refs(refs, static)
+    summ_g = outs.pop(0) if n_seg > 1 else None  # the summary launch's output
+    du_g, dd_g = outs.pop(0), outs.pop(0)
+    dz_g = outs.pop(0) if static.has_z else None
+    dbc_g, dp_g, ck_g = outs
+    lanes = _Lanes(static, state, state_pad, *ins)
+    S, k, b, cols, zero, D = state, lanes.k, lanes.b, lanes.cols, lanes.zero, lanes.D
+    A2 = lanes.A2
+    K = entries.shape[0]  # chunks per checkpoint group
+    seg = jax.lax.axis_index("seg") if n_seg > 1 else 0
+    chunks_per_seg = seg_len // chunk
+
     def run_chunk(c, h):
         for j in range(chunk):
-            v = inputs(c * chunk + j, adjoint=False)
-            h = advance(h, v, B_of(v["t"]))
+            h = lanes.advance(h, lanes.inputs(c * chunk + j, adjoint=False))
         return h
 
     def save_entry(g, h):
         for n in range(S):
             ck_g[k, b, g, n, cols] = h[n]
 
-    def entry_segment(g, h):
-        save_entry(g, h)
-        return jax.lax.fori_loop(g * K, (g + 1) * K, run_chunk, h)
-
-    h = jax.lax.fori_loop(0, n_segs - 1, entry_segment, [zero] * S)
-    save_entry(n_segs - 1, h)
-
-    # Pass 2: segments last to first; in each, the chunks' entry states go to shared memory
-    # (each thread its own column), then the chunks are walked last to first.
     def chunk_back(c, steps, h, carry):
         lam, dA, dD, db = carry
-        vs = [inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
+        vs = [lanes.inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
         h_before = []
         for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms
             h_before.append(h)
-            h = advance(h, v, B_of(v["t"]))
+            h = lanes.advance(h, v)
             if static.has_z:  # dz needs this direction's y_t
                 y = D * v["u"]
-                for n, c_n in enumerate(C_of(v["t"])):
+                for n, c_n in enumerate(lanes.C_of(v["t"])):
                     y = y + h[n] * c_n
                 dz_g[k, b, v["t"], cols] = (v["dout"] * y * v["dsilu"]).astype(dz_g.dtype)
             for n in range(S):
@@ -217,8 +324,8 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
         for j in reversed(range(steps)):  # the adjoint back through it
             v = vs[j]
             t, dt, uu, dy = v["t"], v["dt"], v["u"], v["dy"]
-            Bt, Ct = B_of(t), C_of(t)
-            a = [jnp.exp2(dt * A2[n]) for n in range(S)]
+            Bt, Ct = lanes.B_of(t), lanes.C_of(t)
+            a = lanes.decay(v)
             lam = [lam[n] + dy * Ct[n] for n in range(S)]
             s = [lam[n] * a[n] * h_before[j][n] for n in range(S)]
             lam_B, s_A = zero, zero
@@ -236,37 +343,70 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, n_chunks, rows, red,
             dD = dD + dy * uu
             db = db + dd
             lam = [a[n] * lam[n] for n in range(S)]
-        _channel_sums(red, rows, dbc_g.at[k, cb, b, c], zero)
+        _channel_sums(red, rows, dbc_g.at[k, lanes.cb, b, c], zero)
         return lam, dA, dD, db
 
-    def segment_back(g, n_ch, last_steps, carry):
-        """Segment g of n_ch chunks, the last of which has last_steps steps (all static)."""
-        def put(i, h):
-            for n in range(S):
-                entries[i, n, pl.ds(0, W)] = h[n]
+    def run(seg_rows):
+        """The segment's two passes (seg_rows tokens, static)."""
+        n_ch = -(-seg_rows // chunk)
+        last_steps = seg_rows - (n_ch - 1) * chunk
+        n_groups = -(-n_ch // K)
+        c0 = seg * chunks_per_seg  # the segment's first chunk, and its first checkpoint group
+        g0 = seg * (chunks_per_seg // K)
 
-        def entry(i, h):
-            h = run_chunk(g * K + i, h)
-            put(i + 1, h)
-            return h
+        # Pass 1: the state entering every checkpoint group of `K` chunks (HBM), from the
+        # segment's entry state. Only the last chunk in scan order can be ragged, and the last
+        # group's own steps are not needed here.
+        if summ_g is None:
+            h = [zero] * S
+        else:  # the end states of the segments before this one, chained
+            h = jax.lax.fori_loop(0, seg, lanes.chain(summ_g, lambda i: i, 0), [zero] * S)
 
-        h = [ck_g[k, b, g, n, cols] for n in range(S)]
-        put(0, h)
-        jax.lax.fori_loop(0, n_ch - 1, entry, h)
-        back = lambda i, steps, cr: chunk_back(g * K + i, steps, [entries[i, n, pl.ds(0, W)] for n in range(S)], cr)
-        full = n_ch if last_steps == chunk else n_ch - 1
-        if full < n_ch:
-            carry = back(n_ch - 1, last_steps, carry)
-        return jax.lax.fori_loop(0, full, lambda i, cr: back(full - 1 - i, chunk, cr), carry)
+        def entry_group(i, h):
+            save_entry(g0 + i, h)
+            return jax.lax.fori_loop(0, K, lambda j, h: run_chunk(c0 + i * K + j, h), h)
 
-    carry = ([zero] * S, [zero] * S, zero, zero)
-    carry = segment_back(n_segs - 1, n_chunks - (n_segs - 1) * K, length - (n_chunks - 1) * chunk, carry)
-    carry = jax.lax.fori_loop(0, n_segs - 1, lambda i, cr: segment_back(n_segs - 2 - i, K, chunk, cr), carry)
-    _, dA, dD, db = carry
-    for n in range(S):
-        dp_g[k, b, n, cols] = dA[n]
-    dp_g[k, b, S, cols] = dD
-    dp_g[k, b, S + 1, cols] = db
+        h = jax.lax.fori_loop(0, n_groups - 1, entry_group, h)
+        save_entry(g0 + n_groups - 1, h)
+
+        # Pass 2: groups last to first; in each, the chunks' entry states go to shared memory
+        # (each thread its own column), then the chunks are walked last to first.
+        def group_back(g, n_ch_g, steps_g, carry):
+            """Group g (of the segment) of n_ch_g chunks, the last of which has steps_g steps (static)."""
+            first = c0 + g * K
+
+            def put(i, h):
+                for n in range(S):
+                    entries[i, n, pl.ds(0, W)] = h[n]
+
+            def entry(i, h):
+                h = run_chunk(first + i, h)
+                put(i + 1, h)
+                return h
+
+            h = [ck_g[k, b, g0 + g, n, cols] for n in range(S)]
+            put(0, h)
+            jax.lax.fori_loop(0, n_ch_g - 1, entry, h)
+            back = lambda i, steps, cr: chunk_back(first + i, steps, [entries[i, n, pl.ds(0, W)] for n in range(S)], cr)
+            full = n_ch_g if steps_g == chunk else n_ch_g - 1
+            if full < n_ch_g:
+                carry = back(n_ch_g - 1, steps_g, carry)
+            return jax.lax.fori_loop(0, full, lambda i, cr: back(full - 1 - i, chunk, cr), carry)
+
+        if summ_g is None:
+            lam = [zero] * S
+        else:  # the adjoints of the segments after this one, chained from the last
+            lam = jax.lax.fori_loop(0, n_seg - 1 - seg, lanes.chain(summ_g, lambda i: n_seg - 1 - i, S), [zero] * S)
+        carry = (lam, [zero] * S, zero, zero)
+        carry = group_back(n_groups - 1, n_ch - (n_groups - 1) * K, last_steps, carry)
+        carry = jax.lax.fori_loop(0, n_groups - 1, lambda i, cr: group_back(n_groups - 2 - i, K, chunk, cr), carry)
+        _, dA, dD, db = carry
+        for n in range(S):
+            dp_g[k, b, seg, n, cols] = dA[n]
+        dp_g[k, b, seg, S, cols] = dD
+        dp_g[k, b, seg, S + 1, cols] = db
+
+    _by_segment(run, length=lanes.length, seg_len=seg_len, n_seg=n_seg, seg=seg)
 
 
 def _channel_sums(red, rows, out, zero):

@@ -30,15 +30,20 @@ class MosaicScanConfig:
     mosaic_backward: differentiate with the Mosaic backward kernel (`backward.py`, checked
       against float64 on an H200: `experiments/results/bench_scan_h200_campaign3_*`); False
       runs the differentiated call through the fallback backends instead (`vjp.py`).
+    bwd_segments: cut the backward's sequence into at most this many segments along the grid
+      (0: as many as `segments` would plan for the backward's CTAs; 1: never). Segments cost a
+      summary launch (two passes of exponentials: the states and the adjoints of every segment
+      from zero) and give that many times the CTAs.
     bwd_chunk: tokens per chunk of the backward: their states stay in registers
       (16 x bwd_chunk per thread at N = 16), and their dB, dC terms are summed over the
       channels together (`2 N bwd_chunk` rows of shared memory, rounded up to 128).
-    ckpt_chunks: chunks per segment of the backward: the state entering each segment is kept in
-      HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
+    ckpt_chunks: chunks per checkpoint group of the backward: the state entering each group is
+      kept in HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
       every chunk's in HBM (more traffic, one pass of exponentials less).
     bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
-      runs; below, the fallback's backward does. One CTA scans a whole sequence, so few CTAs
-      over long sequences leave most SMs idle, where the Triton kernels split the sequence.
+      runs (segments counted); below, the fallback's backward does. One CTA scans a whole
+      segment, so few CTAs over long sequences leave most SMs idle, where the Triton kernels
+      split the sequence.
     two_warpgroups: the fused kernel scans both directions at once, one warpgroup each (two per
       CTA, one ring each); each parks `scale * y` for the first half of its tiles, they meet at
       a barrier, then each writes the half the other parked (calls of one segment only). Off:
@@ -57,6 +62,7 @@ class MosaicScanConfig:
     auto_barriers: bool = False
     park_in_output_dtype: bool = False
     mosaic_backward: bool = True
+    bwd_segments: int = 1
     bwd_chunk: int = 4
     ckpt_chunks: int = 1
     bwd_min_ctas: int = 128
@@ -68,8 +74,8 @@ class MosaicScanConfig:
     def __post_init__(self):
         if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
             raise ValueError(f"MosaicScanConfig: tile, stages, bwd_chunk and ckpt_chunks must be positive, got {self}")
-        if self.segments < 0 or self.ctas_per_sm < 1 or self.min_segment < 1:
-            raise ValueError(f"MosaicScanConfig: segments must be >= 0, ctas_per_sm and min_segment "
+        if self.segments < 0 or self.bwd_segments < 0 or self.ctas_per_sm < 1 or self.min_segment < 1:
+            raise ValueError(f"MosaicScanConfig: segments and bwd_segments must be >= 0, ctas_per_sm and min_segment "
                              f"positive, got {self}")
 
 

@@ -13,11 +13,18 @@ from pallas_kernels.mosaic_scan import availability, forward
 from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, MosaicScanConfig
 
 
-def _segment_len(length: int, n_seg: int, tile: int) -> int:
+def segment_len(length: int, n_seg: int, tile: int) -> int:
     """Tokens per segment for about `n_seg` segments: a whole number of tiles, so that only the
     last segment has a ragged tile."""
     seg = -(-length // max(n_seg, 1))
     return min(-(-seg // tile) * tile, length)
+
+
+def count(length: int, ctas: int, cfg: MosaicScanConfig) -> int:
+    """Segments for a call of `ctas` CTAs before cutting: enough for `cfg.ctas_per_sm` CTAs per
+    multiprocessor, none shorter than `cfg.min_segment` tokens, one if the GPU is full already."""
+    target = cfg.ctas_per_sm * availability.multiprocessor_count()
+    return 1 if ctas >= target else max(1, min(-(-target // ctas), length // cfg.min_segment))
 
 
 def plan(length: int, batch: int, channels: int, ndir: int, cfg: MosaicScanConfig,
@@ -33,10 +40,5 @@ def plan(length: int, batch: int, channels: int, ndir: int, cfg: MosaicScanConfi
     """
     tile = min(cfg.tile, length)
     ctas = batch * -(-channels // CHANNELS_PER_CTA)
-    if cfg.segments:
-        n_seg = cfg.segments
-    else:
-        target = cfg.ctas_per_sm * availability.multiprocessor_count()
-        n_seg = 1 if ctas >= target else max(1, min(-(-target // ctas), length // cfg.min_segment))
-    seg = _segment_len(length, n_seg, tile)
+    seg = segment_len(length, cfg.segments or count(length, ctas, cfg), tile)
     return seg, ndir == 1 or smem_of(seg, ndir) <= forward.SMEM_BYTES

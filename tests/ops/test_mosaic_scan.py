@@ -91,6 +91,39 @@ def test_backward_chunks_and_segments_give_the_same_gradients(bwd_chunk, ckpt_ch
     _gradients_match(inputs, interpreted(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks), reverse)
 
 
+@pytest.mark.parametrize("length,bwd_chunk,ckpt_chunks,segments,reverse", [
+    (19, 2, 1, 3, False),  # segments of 8, 8 and 3 tokens: a ragged last chunk in a short last segment
+    pytest.param(19, 2, 2, 3, True, marks=SLOW),  # two checkpoint groups per segment
+    pytest.param(16, 4, 1, 4, False, marks=SLOW),  # one chunk per segment, none ragged
+])
+def test_segmented_backward_gives_the_same_gradients(length, bwd_chunk, ckpt_chunks, segments, reverse):
+    """The backward cut along the sequence: a summary launch (every segment's end state and
+    adjoint from zero), then each segment's CTA chains the others' into its entry state and its
+    incoming adjoint; its partial sums of dA, dD, d delta_bias add up in XLA."""
+    inputs = random_scan_inputs(101 + length, 1, length, 5, 3)
+    backend = interpreted(tile=4, bwd_chunk=bwd_chunk, ckpt_chunks=ckpt_chunks, bwd_segments=segments)
+    _gradients_match(inputs, backend, reverse)
+
+
+@SLOW
+def test_fused_bidirectional_segmented_backward():
+    inputs = random_scan_inputs(102, 1, 13, 5, 2, lead=(2,))
+    _gradients_match(inputs, interpreted(tile=4, bwd_chunk=3, bwd_segments=2), bidirectional=True)
+
+
+def test_backward_segments_follow_the_cta_count():
+    """`bwd_segments=0` plans as the forward's segments do, for the backward's CTAs (one per
+    direction, batch row and channel block) and in whole checkpoint groups of chunks."""
+    from pallas_kernels.mosaic_scan import backward
+
+    auto = ms.MosaicScanConfig(bwd_segments=0)
+    assert backward.segment_len(6085, 24, 4, auto) == 556  # 11 segments: 2 CTAs per multiprocessor
+    assert backward.segment_len(6085, 48, 4, auto) == 1016  # both directions: 6 segments
+    assert backward.segment_len(197, 768, 4, auto) == 197  # the GPU is full already
+    assert backward.segment_len(6085, 24, 4, ms.MosaicScanConfig()) == 6085  # the default: never
+    assert backward.segment_len(6085, 24, 8, ms.MosaicScanConfig(bwd_segments=4)) == 1528
+
+
 @SLOW
 def test_backward_over_two_channel_blocks_and_batch_rows():
     """130 channels (two CTAs, the second nearly all padding) and two batch rows: the partial sums
