@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 
 import flax
@@ -52,13 +53,20 @@ def evaluate(config: ml_collections.ConfigDict, task: tasks.Task, eval_fn, param
         batches.num_steps = min(batches.num_steps, config.max_eval_batches)
     totals = dict.fromkeys(param_sets)
     prefetcher = prefetch_to_device(batches, batch_sharding, config.prefetch_batches)
+    start, count = time.perf_counter(), 0
     try:
         for batch in prefetcher:
             sums = eval_fn(param_sets, batch_stats, rngs, batch)
             totals = {name: task.accumulate(totals[name], sums[name]) for name in param_sets}
+            count += 1
+            if count == 1:  # where a slow evaluation spends its time: compiling, or the batches
+                first = time.perf_counter() - start
+                log.info("evaluation: first batch in %.1f s (its compilation included)", first)
     finally:
         prefetcher.close()
         batches.close()
+    if count > 1:
+        log.info("evaluation: %d more batches in %.1f s", count - 1, time.perf_counter() - start - first)
     return {name: task.summarize(sums) for name, sums in jax.device_get(totals).items()}
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -18,15 +20,21 @@ def slide_inference(predict: Callable, images, num_classes: int, crop: int = 512
     """Logits `[b, h, w, num_classes]` of `images` `[b, h, w, c]` from crops of `crop` x `crop`
     every `stride` pixels, each pixel the mean over the crops that cover it.
 
-    `predict(crops)` maps `[n, ch, cw, c]` to logits `[n, ch, cw, num_classes]` (a segmentor's
-    call); all crops of the batch go through it at once. Images smaller than `crop` along an axis
+    `predict(crops)` maps `[b, ch, cw, c]` to logits `[b, ch, cw, num_classes]`: a segmentor (in
+    eval mode) or a pure function. It runs once per window position on the batch's crops there (`lax.map`, one compiled
+    call, as mmseg runs window by window), so that memory and the compiled shapes stay those of a
+    batch of crops rather than of all windows at once. Images smaller than `crop` along an axis
     are covered by one crop of their size along it. Traceable under `jit`.
     """
     b, h, w, _ = images.shape
     ch, cw = min(crop, h), min(crop, w)
     boxes = [(y, x) for y in window_starts(h, crop, stride) for x in window_starts(w, crop, stride)]
-    crops = jnp.concatenate([images[:, y:y + ch, x:x + cw] for y, x in boxes], axis=0)
-    logits = predict(crops).astype(jnp.float32).reshape(len(boxes), b, ch, cw, num_classes)
+    crops = jnp.stack([images[:, y:y + ch, x:x + cw] for y, x in boxes])
+    if isinstance(predict, nnx.Module):  # its state enters the loop as arrays, not as mutable Variables
+        graphdef, state = nnx.split(predict)
+        logits = jax.lax.map(lambda c: nnx.merge(graphdef, state)(c).astype(jnp.float32), crops)
+    else:
+        logits = jax.lax.map(lambda c: predict(c).astype(jnp.float32), crops)
     total = jnp.zeros((b, h, w, num_classes), jnp.float32)
     count = jnp.zeros((1, h, w, 1), jnp.float32)
     for k, (y, x) in enumerate(boxes):
