@@ -33,7 +33,9 @@ class MosaicScanConfig:
     bwd_segments: cut the backward's sequence into at most this many segments along the grid
       (0: as many as `segments` would plan for the backward's CTAs; 1: never). Segments cost a
       summary launch (two passes of exponentials: the states and the adjoints of every segment
-      from zero) and give that many times the CTAs.
+      from zero) and give that many times the CTAs: at (8, 6085, 384) one direction (11
+      segments) fwd+bwd took 1.31 ms against 2.93 with the fallback's backward (H200,
+      `experiments/results/bench_scan_h200_campaign4_seg_timings.md`).
     bwd_chunk: tokens per chunk of the backward: their states stay in registers
       (16 x bwd_chunk per thread at N = 16), and their dB, dC terms are summed over the
       channels together (`2 N bwd_chunk` rows of shared memory, rounded up to 128).
@@ -62,7 +64,7 @@ class MosaicScanConfig:
     auto_barriers: bool = False
     park_in_output_dtype: bool = False
     mosaic_backward: bool = True
-    bwd_segments: int = 1
+    bwd_segments: int = 0
     bwd_chunk: int = 4
     ckpt_chunks: int = 1
     bwd_min_ctas: int = 128

@@ -112,15 +112,16 @@ def test_fused_bidirectional_segmented_backward():
 
 
 def test_backward_segments_follow_the_cta_count():
-    """`bwd_segments=0` plans as the forward's segments do, for the backward's CTAs (one per
+    """`bwd_segments=0` (the default) plans as the forward's segments do, for the backward's CTAs (one per
     direction, batch row and channel block) and in whole checkpoint groups of chunks."""
     from pallas_kernels.mosaic_scan import backward
 
-    auto = ms.MosaicScanConfig(bwd_segments=0)
+    auto = ms.MosaicScanConfig()
     assert backward.segment_len(6085, 24, 4, auto) == 556  # 11 segments: 2 CTAs per multiprocessor
     assert backward.segment_len(6085, 48, 4, auto) == 1016  # both directions: 6 segments
     assert backward.segment_len(197, 768, 4, auto) == 197  # the GPU is full already
-    assert backward.segment_len(6085, 24, 4, ms.MosaicScanConfig()) == 6085  # the default: never
+    assert backward.segment_len(6085, 24, 4, ms.MosaicScanConfig(bwd_segments=1)) == 6085  # never
+    assert backward.segment_len(200, 24, 4, auto) == 200  # two segments would be under min_segment
     assert backward.segment_len(6085, 24, 8, ms.MosaicScanConfig(bwd_segments=4)) == 1528
 
 
