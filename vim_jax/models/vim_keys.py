@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from vim_jax.config import VimConfig
-from vim_jax.models.checkpoint_keys import COMMON_RUNTIME_FIELDS, CheckpointKeys, KeyRule
-
-def _same(x):
-    return x
-
-
-def _t(x):
-    return np.swapaxes(x, -1, -2)
+from vim_jax.models.checkpoint_keys import COMMON_RUNTIME_FIELDS, CheckpointKeys, KeyRule, shape_facts
+from vim_jax.models.checkpoint_keys import same as _same
+from vim_jax.models.checkpoint_keys import swap_last as _t
 
 
 def official_rules(cfg: VimConfig) -> list[KeyRule]:
@@ -79,14 +72,7 @@ def describe_official(got: dict) -> str:
     layers = [int(m.group(1)) for k in got if (m := re.match(r"layers\.(\d+)\.mixer\.", k))]
     if not layers:
         return "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
-    facts = [f"depth={max(layers) + 1}"]
-    patch = got.get("patch_embed.proj.weight")
-    if isinstance(patch, tuple) and len(patch) == 4:
-        facts = [f"embed_dim={patch[0]}", f"patch_size={patch[2]}"] + facts
-    head = got.get("head.weight")
-    if isinstance(head, tuple) and head:
-        facts.append(f"num_classes={head[0]}")
-    return "the checkpoint looks like a Vim with " + ", ".join(facts)
+    return "the checkpoint looks like a Vim with " + shape_facts(got, max(layers) + 1)
 
 
 def official_cls_layout(keys) -> str:
