@@ -69,7 +69,8 @@ def test_deit_state_dict_is_not_a_vim(tmp_path):
     assert "missing (409): norm_f.weight, layers.{0-23}.norm.weight, layers.{0-23}.mixer.in_proj.weight" in message
     assert ("unexpected (10): norm.weight, norm.bias, blocks.{0-1}.norm1.weight, blocks.{0-1}.attn.qkv.weight, "
             "blocks.{0-1}.attn.proj.weight, blocks.{0-1}.mlp.fc1.weight") in message
-    assert "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint" in message
+    assert ("it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint (its 'blocks.{i}.attn.*' entries "
+            "are a DeiT's: load it into a deit_* model)") in message
 
 
 def test_wrong_entries_of_a_training_dict(tmp_path):

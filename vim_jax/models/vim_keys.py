@@ -71,7 +71,9 @@ def describe_official(got: dict) -> str:
     """What an official state dict (key -> shape) that does not fit looks like."""
     layers = [int(m.group(1)) for k in got if (m := re.match(r"layers\.(\d+)\.mixer\.", k))]
     if not layers:
-        return "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
+        deit = any(re.match(r"blocks\.\d+\.attn\.", k) for k in got)
+        return ("it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
+                + (" (its 'blocks.{i}.attn.*' entries are a DeiT's: load it into a deit_* model)" if deit else ""))
     return "the checkpoint looks like a Vim with " + shape_facts(got, max(layers) + 1)
 
 
