@@ -89,7 +89,8 @@ def create_model(name: str, *, checkpoint: str | None = None, seed: int = 0, rng
 
     Args:
       name: a name from `list_models()` or an official long name.
-      checkpoint: an official `.pth` file (full training dict or bare state dict) or a checkpoint
+      checkpoint: an official `.pth` file (full training dict or bare state dict: hustvl/Vim's for
+        Vim, timm's / facebookresearch/deit's for DeiT) or a checkpoint
         written by `vim-jax convert` / the trainer. Position embeddings are resized when the
         checkpoint was trained at another image size or stride. Asking for another `num_classes`
         than the checkpoint's gives a freshly initialised classifier (fine-tuning), and

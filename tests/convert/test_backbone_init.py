@@ -132,13 +132,6 @@ def test_a_deit_backbone_starts_from_our_deit_classifier(tmp_path):
         assert_blocks_equal({k: v for k, v in flat(loaded.params).items() if k[0] != "cls_token"}, flat(params))
 
 
-def test_a_deit_pth_is_refused_clearly(tmp_path):
-    path = write_bare_state_dict(tmp_path / "deit.pth", {"cls_token": np.zeros((1, 1, 32), np.float32)})
-    backbone = nnx.eval_shape(lambda: vim_jax.create_model("deit_test", num_classes=0, pool="mean"))
-    with pytest.raises(CheckpointMismatchError, match="DeiTConfig models have no official .pth layout"):
-        read_backbone_params(path, backbone)
-
-
 def test_a_missing_backbone_entry_is_listed(tmp_path):
     cfg = get_config("vim_test", **CLASSIFIER)
     state_dict = random_official_state_dict(cfg, seed=3)

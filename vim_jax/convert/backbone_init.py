@@ -63,7 +63,7 @@ class BackboneParams:
 def checkpoint_cls_layout(path: str | os.PathLike, abstract_backbone: nnx.Module, *, which: str = "model") -> str:
     """Where a classifier checkpoint's class token(s) sit: as its recorded config says (vim_jax
     checkpoints), or as the family reads an official state dict's keys (Vim: one class token is in
-    the middle, upstream's default; see `vim_keys.official_cls_layout`)."""
+    the middle, upstream's default, see `vim_keys.official_cls_layout`; DeiT: it leads the sequence)."""
     path = Path(path)
     keys = type(abstract_backbone).checkpoint_keys
     if path.is_dir():
@@ -72,9 +72,6 @@ def checkpoint_cls_layout(path: str | os.PathLike, abstract_backbone: nnx.Module
             raise CheckpointMismatchError(f"{path} records no model config, so where its class token sits is "
                                           "unknown: pass cls_token ('middle', 'head', 'head_tail' or 'none')")
         return keys.cls_layout(source)
-    if keys.official_cls_layout is None:
-        raise CheckpointMismatchError(f"{type(abstract_backbone.cfg).__name__} models have no official .pth "
-                                      "layout: they start from vim_jax checkpoints only")
     return keys.official_cls_layout(official_state_keys(path, which=which))
 
 

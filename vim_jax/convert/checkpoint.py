@@ -141,7 +141,7 @@ def export_official(model: nnx.Module, path: str | os.PathLike) -> Path:
     except ImportError:
         raise ImportError("export_official writes a PyTorch file and needs torch: "
                           "pip install 'vim-jax[torch]'") from None
-    keys = _official_keys(model.cfg, type(model).checkpoint_keys)
+    keys = type(model).checkpoint_keys
     params = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     state_dict = collections.OrderedDict(
         (k, torch.tensor(v)) for k, v in keys.ours_to_official(params, model.cfg).items())
@@ -157,15 +157,7 @@ def official_state_keys(path: str | os.PathLike, *, which: str = "model") -> lis
     return list(_pick_state_dict(open_pth(path), path, which)[0])
 
 
-def _official_keys(cfg, keys: CheckpointKeys) -> CheckpointKeys:
-    if keys.official_rules is None:
-        raise CheckpointMismatchError(f"{type(cfg).__name__} models have no official .pth layout: they read and "
-                                      "write vim_jax checkpoints only")
-    return keys
-
-
 def _read_pth(path: Path, cfg, keys: CheckpointKeys, expected: dict, which: str, new_head: bool) -> LoadedParams:
-    _official_keys(cfg, keys)
     state, described = _pick_state_dict(open_pth(path), path, which)
     rules = keys.official_rules(cfg)
     wanted = {r.official: tuple(r.official_shape) for r in rules}

@@ -2,6 +2,7 @@
 
     vim-jax convert --model vim_small vim_s_midclstok_80p5acc.pth ckpt/vim_small
     vim-jax convert --model vim_small --to-pth ckpt/vim_small vim_small_export.pth
+    vim-jax convert --model deit_tiny deit_tiny_patch16_224-a1311bcf.pth ckpt/deit_tiny    # timm's / DeiT's layout
 
 The orbax directory stores the parameters and a JSON of the model name and config, and loads
 without torch: `create_model("vim_small", checkpoint="ckpt/vim_small")`.

@@ -8,6 +8,7 @@ import re
 from vim_jax.models.checkpoint_keys import HEAD, CheckpointKeys
 
 _LIST_LIMIT = 12
+_BLOCK_KEY = re.compile(r"(layers|blocks)\.(\d+)\.(.*)")  # a per-block key: Vim's `layers.i.*`, DeiT's `blocks.i.*`
 NEW_HEAD_HINT = ("only the classifier differs: to start a new one instead of the checkpoint's, pass "
                  "num_classes=N to create_model (or new_head=True to load_into)")
 
@@ -47,7 +48,7 @@ def check_entries(wanted: dict, got: dict, resizable: set, described: str, model
     if misshaped:
         groups: dict[tuple, list[str]] = {}  # layers with the same shapes share a line, in key order
         for k, w, g in misshaped:
-            groups.setdefault((re.sub(r"^layers\.\d+\.", "", k), w, g), []).append(k)
+            groups.setdefault((_BLOCK_KEY.sub(r"\1.\3", k), w, g), []).append(k)
         items = [f"{name}: expected {_shape(w)}, got {_shape(g)}"
                  for (_, w, g), keys in groups.items() for name in _group_layers(keys)]
         lines.append(f"  wrong shape ({len(misshaped)}):\n    " + "\n    ".join(_limit(items)))
@@ -81,12 +82,12 @@ def _shape(s) -> str:
 
 
 def _group_layers(keys: list[str]) -> list[str]:
-    """`layers.0.x`, ..., `layers.23.x` -> `layers.{0-23}.x` (first-seen order)."""
-    groups: dict[tuple[bool, str], list[int]] = {}
+    """`layers.0.x`, ..., `layers.23.x` -> `layers.{0-23}.x` (and `blocks.*` alike; first-seen order)."""
+    groups: dict[tuple[str, str], list[int]] = {}
     for key in keys:
-        m = re.match(r"layers\.(\d+)\.(.*)", key)
-        groups.setdefault((True, m.group(2)) if m else (False, key), []).append(int(m.group(1)) if m else 0)
-    return [f"layers.{_ranges(ix)}.{name}" if layered else name for (layered, name), ix in groups.items()]
+        m = _BLOCK_KEY.fullmatch(key)
+        groups.setdefault((m.group(1), m.group(3)) if m else ("", key), []).append(int(m.group(2)) if m else 0)
+    return [f"{stack}.{_ranges(ix)}.{name}" if stack else name for (stack, name), ix in groups.items()]
 
 
 def _ranges(indices: list[int]) -> str:

@@ -38,25 +38,23 @@ class CheckpointKeys:
     runtime_fields: config fields a checkpoint may differ in from the model it is loaded into.
     cls_layout: cfg -> where the position embedding's class-token rows are ("head", "middle", ...).
     describe: cfg -> the family's distinguishing config fields, for error messages.
-    official_rules: cfg -> the `KeyRule`s of the official `.pth` state dict; None where the family
-      reads vim_jax checkpoints only.
+    official_rules: cfg -> the `KeyRule`s of the official `.pth` state dict.
     describe_official: official keys -> shapes -> what the checkpoint looks like, for error messages.
     with_cls_layout: (cfg, layout) -> the same model with that class-token layout: the classifier
       whose checkpoint a class-token-free backbone (a segmentor's) starts from.
     backbone_fields: config fields without parameters that such a backbone may set otherwise
       than the classifier it starts from (pooling, residual precision, ...).
-    official_cls_layout: official state-dict keys -> the class-token layout they were saved with;
-      None where the family has no official layout.
+    official_cls_layout: official state-dict keys -> the class-token layout they were saved with.
     """
 
     runtime_fields: frozenset[str]
     cls_layout: Callable[[Any], str]
     describe: Callable[[Any], str]
     with_cls_layout: Callable[[Any, str], Any]
+    official_rules: Callable[[Any], list[KeyRule]]
+    describe_official: Callable[[dict], str]
+    official_cls_layout: Callable[[Iterable[str]], str]
     backbone_fields: frozenset[str] = frozenset()
-    official_rules: Callable[[Any], list[KeyRule]] | None = None
-    describe_official: Callable[[dict], str] | None = None
-    official_cls_layout: Callable[[Iterable[str]], str] | None = None
 
     def official_to_ours(self, state_dict: dict[str, np.ndarray], cfg, shapes: dict) -> dict:
         """Fills a nested dict of arrays with the `shapes` of our parameter tree (nested dict of
@@ -87,6 +85,30 @@ class CheckpointKeys:
             value = np.asarray(node, np.float32)[index] if index else np.asarray(node, np.float32)
             out[rule.official] = np.ascontiguousarray(rule.to_official(value))
         return out
+
+
+def same(x):
+    """A layout that is the same on both sides."""
+    return x
+
+
+def swap_last(x):
+    """PyTorch's Linear `[out, in]` <-> our `[in, out]` (on the last two axes)."""
+    return np.swapaxes(x, -1, -2)
+
+
+def shape_facts(got: dict, depth: int) -> str:
+    """What an official state dict's shapes (key -> shape) say about its model of `depth` blocks:
+    `embed_dim` and `patch_size` from the patch embedding, `num_classes` from the classifier
+    (those it has)."""
+    facts = [f"depth={depth}"]
+    patch = got.get("patch_embed.proj.weight")
+    if isinstance(patch, tuple) and len(patch) == 4:
+        facts = [f"embed_dim={patch[0]}", f"patch_size={patch[2]}"] + facts
+    head = got.get(f"{HEAD}.weight")
+    if isinstance(head, tuple) and head:
+        facts.append(f"num_classes={head[0]}")
+    return ", ".join(facts)
 
 
 def _split_path(path: Path):

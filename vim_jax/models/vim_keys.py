@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from vim_jax.config import VimConfig
-from vim_jax.models.checkpoint_keys import COMMON_RUNTIME_FIELDS, CheckpointKeys, KeyRule
-
-def _same(x):
-    return x
-
-
-def _t(x):
-    return np.swapaxes(x, -1, -2)
+from vim_jax.models.checkpoint_keys import COMMON_RUNTIME_FIELDS, CheckpointKeys, KeyRule, shape_facts
+from vim_jax.models.checkpoint_keys import same as _same
+from vim_jax.models.checkpoint_keys import swap_last as _t
 
 
 def official_rules(cfg: VimConfig) -> list[KeyRule]:
@@ -78,15 +71,10 @@ def describe_official(got: dict) -> str:
     """What an official state dict (key -> shape) that does not fit looks like."""
     layers = [int(m.group(1)) for k in got if (m := re.match(r"layers\.(\d+)\.mixer\.", k))]
     if not layers:
-        return "it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
-    facts = [f"depth={max(layers) + 1}"]
-    patch = got.get("patch_embed.proj.weight")
-    if isinstance(patch, tuple) and len(patch) == 4:
-        facts = [f"embed_dim={patch[0]}", f"patch_size={patch[2]}"] + facts
-    head = got.get("head.weight")
-    if isinstance(head, tuple) and head:
-        facts.append(f"num_classes={head[0]}")
-    return "the checkpoint looks like a Vim with " + ", ".join(facts)
+        deit = any(re.match(r"blocks\.\d+\.attn\.", k) for k in got)
+        return ("it has no 'layers.{i}.mixer.*' entries: it is not a Vim checkpoint"
+                + (" (its 'blocks.{i}.attn.*' entries are a DeiT's: load it into a deit_* model)" if deit else ""))
+    return "the checkpoint looks like a Vim with " + shape_facts(got, max(layers) + 1)
 
 
 def official_cls_layout(keys) -> str:
