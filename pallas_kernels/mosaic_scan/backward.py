@@ -385,6 +385,8 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
                 return h
 
             h = [ck_g[k, b, g0 + g, n, cols] for n in range(S)]
+            if n_ch_g == 1:  # the entry state is the chunk's: no round trip through shared memory
+                return chunk_back(first, steps_g, h, carry)
             put(0, h)
             jax.lax.fori_loop(0, n_ch_g - 1, entry, h)
             back = lambda i, steps, cr: chunk_back(first + i, steps, [entries[i, n, pl.ds(0, W)] for n in range(S)], cr)
