@@ -47,9 +47,12 @@ def get_config(arg: str | None = None):
 
     if arg == "smoke":
         # A two-block model on 7x7 patches (16 tokens): checks the whole trainer end to end on a
-        # CPU and learns a little.
+        # CPU and learns a little. The two blocks are unrolled: XLA:CPU compiled the training step
+        # in 6-9 s instead of 19 s with the scan over blocks (two shared cores); the parameters
+        # are stacked either way, and the model's tests check that both give the same values and
+        # gradients.
         c.model.update(patch_size=7, stride=7, embed_dim=32, depth=2, d_state=8, drop_path_rate=0.0,
-                       dtype="float32")
+                       dtype="float32", unroll_blocks=True)
         c.global_batch_size = 64
         c.eval_batch_size = 500
         c.num_train_steps = 40

@@ -46,7 +46,8 @@ def test_reference_matches_token_by_token_numpy(reverse):
     assert rel_err(ref, numpy_scan(**inputs, reverse=reverse)) < 1e-12
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 16])
+# Chunks of 1 are the costliest programs (one chunk per token): the full suite's.
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 7, 16])
 def test_associative_chunk_sizes_agree(chunk, monkeypatch):
     """Chunks that divide the length, that do not, and that are longer than it."""
     monkeypatch.setattr(associative.selective_scan, "__defaults__", (chunk,))
@@ -63,7 +64,7 @@ def test_associative_chunk_sizes_agree(chunk, monkeypatch):
         assert rel_err(grads[k], ref_g[k]) < 1e-12
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 7, 16, 64])
 def test_sequential_chunk_sizes_agree(chunk):
     """A state saved every token, every few tokens (the last chunk padded), or only the first."""
     inputs = random_scan_inputs(14, 2, 13, 7, 5)

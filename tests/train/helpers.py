@@ -13,6 +13,12 @@ REPO = Path(__file__).resolve().parents[2]
 FASHION_MNIST = REPO / "experiments" / "configs" / "fashion_mnist.py"
 SMOKE = f"{FASHION_MNIST}:smoke"
 QUIET = ("--config.progress_bar=False",)
+# Every piece of training state that a resumed run must bring back: the dropout RNG (drop path),
+# the Mixup/CutMix draws and the EMA. The tests that train with these options (at the same number
+# of steps) run the same compiled programs, which the session's compilation cache then holds.
+FULL_STATE = ("--config.model.drop_path_rate=0.2", "--config.augment.mixup_alpha=0.8",
+              "--config.augment.cutmix_alpha=1.0", "--config.ema_decay=0.9", "--config.eval_ema=True",
+              "--config.eval_batch_size=1000")
 
 
 def subprocess_env(cache_dir: str, **extra: str) -> dict[str, str]:

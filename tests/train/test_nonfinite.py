@@ -10,14 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from tests.train.helpers import SMOKE, checkpoint_steps, losses, train
+from tests.train.helpers import FULL_STATE, SMOKE, checkpoint_steps, losses, train
 from vim_jax.convert import restore_params
 from vim_jax.train import input_pipeline, optim, steps, train_state
 from vim_jax.train.config_file import apply_overrides, load_config
 from vim_jax.train.mesh import make_mesh
 
+# The options and step count of test_resume.py's uninterrupted run, so that the good part of the
+# run below is that run's compiled programs.
+STEPS = "--config.num_train_steps=8"
 RUN = ("--config.checkpoint_every_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
-       "--config.max_eval_batches=1")
+       "--config.max_eval_batches=1", *FULL_STATE)
 
 
 def _params(workdir):
@@ -25,10 +28,10 @@ def _params(workdir):
 
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    assert train(tmp_path, *RUN, "--config.num_train_steps=4") == 0
+    assert train(tmp_path, *RUN, STEPS, "--config.stop_after_steps=4") == 0
     good = _params(tmp_path)
     # A NaN learning rate turns the parameters into NaN at step 5, so the loss of step 6 is NaN.
-    assert train(tmp_path, *RUN, "--config.num_train_steps=8", "--config.optim.base_lr=nan") == 1
+    assert train(tmp_path, *RUN, STEPS, "--config.optim.base_lr=nan") == 1
     error = capsys.readouterr().err
     assert "non-finite loss (nan)" in error and "at step 6" in error
     assert "last good checkpoint (step 4)" in error and "skip_nonfinite_steps" in error

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tests.train.helpers import checkpoint_steps, cli_command, losses, subprocess_env, train
+from tests.train.helpers import FULL_STATE, checkpoint_steps, cli_command, losses, subprocess_env, train
 from vim_jax.convert import restore_params
 from vim_jax.train.metrics import read_metrics
 
 STEPS = 8
 RUN = ("--config.checkpoint_every_steps=3", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
-       "--config.model.drop_path_rate=0.2", "--config.augment.mixup_alpha=0.8", "--config.augment.cutmix_alpha=1.0",
-       "--config.ema_decay=0.9", "--config.eval_ema=True", "--config.eval_batch_size=1000")
+       *FULL_STATE)
 
 
 @pytest.fixture(scope="module")
