@@ -54,11 +54,25 @@ def compilation_cache(tmp_path_factory):
         jax.config.update(name, value)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def release_compiled_programs():
-    """After each module: JAX's caches cleared, garbage collected, freed heap returned to the OS."""
-    yield
+def _release_memory():
+    """JAX's caches cleared, garbage collected, freed heap returned to the OS."""
     jax.clear_caches()
     gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """After each module: its compiled programs released (`_release_memory`)."""
+    yield
+    _release_memory()
+
+
+@pytest.fixture
+def release_after_each_test():
+    """The same after every test, for modules whose tests share few programs and compile large
+    ones (the interpreted kernels: their module grew by 2.6 GB otherwise). Recompiling a shared
+    program then reads it from the session's compilation cache."""
+    yield
+    _release_memory()

@@ -26,6 +26,7 @@ def interpreted(**config):
 
 
 INTERPRETED = interpreted()
+pytestmark = pytest.mark.usefixtures("release_after_each_test")
 # The fast tier interprets one kernel per path: one direction, both directions fused, segments,
 # the backward (on and switched off); the other tilings and cases of these paths, and the shared
 # base, are in the full suite.
