@@ -66,7 +66,7 @@ def segment_len(length: int, ctas: int, quantum: int, cfg) -> int:
     return segments.segment_len(length, n_seg, quantum)
 
 
-def _plan(length: int, ctas: int, state: int, cfg):
+def _plan(length: int, ctas: int, cfg):
     """(chunk, chunks per checkpoint group, tokens per segment) of a call."""
     chunk = min(cfg.bwd_chunk, length)
     group = min(cfg.ckpt_chunks, -(-length // chunk))
@@ -79,7 +79,7 @@ def supported(u_shape, state: int, static: Static) -> bool:
     cfg = static.cfg
     ndir, batch, length, channels = u_shape
     ctas = ndir * batch * -(-channels // W)
-    _, _, seg_len = _plan(length, ctas, state, cfg)
+    _, _, seg_len = _plan(length, ctas, cfg)
     smem = (reduction_rows(cfg.bwd_chunk, state) * (W + 1) + cfg.ckpt_chunks * state * W) * 4
     return cfg.mosaic_backward and ctas * -(-length // seg_len) >= cfg.bwd_min_ctas and smem <= SMEM_BYTES
 
@@ -103,7 +103,7 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
     ndir, batch, length, channels = u.shape
     cfg = static.cfg
     cblocks = channels // W
-    chunk, group, seg_len = _plan(length, ndir * batch * cblocks, state, cfg)
+    chunk, group, seg_len = _plan(length, ndir * batch * cblocks, cfg)
     n_chunks = -(-length // chunk)
     n_seg = -(-length // seg_len)
     rows = reduction_rows(chunk, state)

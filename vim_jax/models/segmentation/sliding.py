@@ -21,9 +21,9 @@ def slide_inference(predict: Callable, images, num_classes: int, crop: int = 512
     every `stride` pixels, each pixel the mean over the crops that cover it.
 
     `predict(crops)` maps `[b, ch, cw, c]` to logits `[b, ch, cw, num_classes]`: a segmentor (in
-    eval mode) or a pure function. It runs once per window position on the batch's crops there (`lax.map`, one compiled
-    call, as mmseg runs window by window), so that memory and the compiled shapes stay those of a
-    batch of crops rather than of all windows at once. Images smaller than `crop` along an axis
+    eval mode) or a pure function. It runs once per window position on the batch's crops there
+    (`lax.map`, one compiled call, as mmseg runs window by window), so that memory and the
+    compiled shapes stay those of a batch of crops rather than of all windows at once. Images smaller than `crop` along an axis
     are covered by one crop of their size along it. Traceable under `jit`.
     """
     b, h, w, _ = images.shape
@@ -32,9 +32,8 @@ def slide_inference(predict: Callable, images, num_classes: int, crop: int = 512
     crops = jnp.stack([images[:, y:y + ch, x:x + cw] for y, x in boxes])
     if isinstance(predict, nnx.Module):  # its state enters the loop as arrays, not as mutable Variables
         graphdef, state = nnx.split(predict)
-        logits = jax.lax.map(lambda c: nnx.merge(graphdef, state)(c).astype(jnp.float32), crops)
-    else:
-        logits = jax.lax.map(lambda c: predict(c).astype(jnp.float32), crops)
+        predict = lambda c: nnx.merge(graphdef, state)(c)  # noqa: E731
+    logits = jax.lax.map(lambda c: predict(c).astype(jnp.float32), crops)
     total = jnp.zeros((b, h, w, num_classes), jnp.float32)
     count = jnp.zeros((1, h, w, 1), jnp.float32)
     for k, (y, x) in enumerate(boxes):
