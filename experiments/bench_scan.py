@@ -16,8 +16,11 @@ The kernel backends (pallas, mosaic, and triton: the Pallas kernels' algorithm o
 only when named, e.g. `--backends mosaic,pallas,triton`) are checked at awkward shapes too and timed
 side by side at each shape. `--sweep` adds pallas tiling variants; a backend named
 `mosaic:tile=16:stages=2` is the mosaic kernel with that `MosaicScanConfig` (timed forward only,
-unless `--variant-bwd`); `--fwd-only` checks values without gradients and times forwards only. Writes bench_scan_<device>.json / .md under --out after
-every measurement, so a run cut short keeps what it measured.
+unless `--variant-bwd`); `mosaic:ablation=no_exp` (or `bc_once`, `no_sums`) times the kernels with
+one part of their work taken out (wrong values, never checked; see `MosaicScanConfig.ablation`), to
+measure what bounds them. `--fwd-only` checks values without gradients and times forwards only.
+Writes bench_scan_<device>.json / .md under --out after every measurement, so a run cut short
+keeps what it measured; `--append` continues an earlier run's files (e.g. in a later GPU call).
 """
 
 from __future__ import annotations
@@ -95,8 +98,12 @@ def mosaic_variant(backend):
     if name != "mosaic" or not spec:
         return None
     kv = dict(item.split("=") for item in spec.split(":"))
-    return mss.MosaicScan(mss.MosaicScanConfig(**{k: (v.lower() == "true") if v.lower() in ("true", "false")
-                                                  else int(v) for k, v in kv.items()}))
+
+    def value(v):  # booleans, integers, else the string itself (e.g. ablation=no_exp)
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        return int(v) if v.lstrip("-").isdigit() else v
+    return mss.MosaicScan(mss.MosaicScanConfig(**{k: value(v) for k, v in kv.items()}))
 
 
 def scan_fn(backend, bidir, reverse=False):
@@ -230,8 +237,12 @@ def main():
     ap.add_argument("--fwd-only", action="store_true",
                     help="forward kernels only: values checked without gradients, no fwd+bwd timings")
     ap.add_argument("--shapes", default="0,1,2")
+    ap.add_argument("--dirs", default="one,fused", help="which of one direction and both fused to time")
     ap.add_argument("--shapes-json", default="", help="explicit shapes (local smoke tests)")
     ap.add_argument("--check-shapes-json", default="", help="explicit float32 check shapes")
+    ap.add_argument("--append", action="store_true",
+                    help="add to the --out files of an earlier run on this device (a run continued in a later "
+                         "GPU call) instead of starting them afresh; the files list every run's command")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     dev = jax.devices()[0]
@@ -249,7 +260,7 @@ def main():
     tag = dev.device_kind.lower().replace("nvidia ", "").split()[0].replace("/", "_")
 
     def save():  # after every record, so that a run cut short still leaves its results
-        with open(os.path.join(args.out, f"bench_scan_{tag}.json"), "w") as fh:
+        with open(json_path, "w") as fh:
             json.dump(result, fh, indent=1, default=str)
         with open(os.path.join(args.out, f"bench_scan_{tag}.md"), "w") as fh:
             fh.write(render(result, bw))
@@ -257,7 +268,12 @@ def main():
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     if args.shapes_json:
         shapes = [tuple(s) for s in json.loads(args.shapes_json)]
-    result = dict(meta=meta, checks=[], timings=[], sweep=[])
+    result = dict(meta=meta, runs=[meta], checks=[], timings=[], sweep=[])
+    json_path = os.path.join(args.out, f"bench_scan_{tag}.json")
+    if args.append and os.path.exists(json_path):
+        with open(json_path) as fh:
+            result = json.load(fh)
+        result.setdefault("runs", [result["meta"]]).append(meta)
 
     if args.checks != "none":
         ref_cache = {}
@@ -283,10 +299,14 @@ def main():
                              (b, shape, True, False, jnp.float32)]
                 else:  # in turn: one direction in reverse, both fused, then all three
                     plan += [(b, shape, i % 3 == 1, i % 3 == 0, jnp.float32)]
-        for i, (b, shape, bidir, rev, dt) in enumerate(plan):
+        # One seed per case (shape, directions, order, dtype): the backends checked on it share
+        # its inputs and its float64 reference, which is computed once.
+        cases = list(dict.fromkeys((shape, bidir, rev, dt) for _, shape, bidir, rev, dt in plan))
+        for b, shape, bidir, rev, dt in plan:
             t0 = time.perf_counter()
+            seed = 1000 + cases.index((shape, bidir, rev, dt))
             try:
-                errs = check(b, shape, bidir, rev, dt, 1000 + i, ref_cache, grads=not args.fwd_only)
+                errs = check(b, shape, bidir, rev, dt, seed, ref_cache, grads=not args.fwd_only)
             except Exception as e:  # a failing backend must not hide the others
                 traceback.print_exc()
                 errs = {"error": repr(e)[:300]}
@@ -323,7 +343,7 @@ def main():
                 if b == "reference" and shape[1] > 1000:
                     print(f"skip reference at {shape}: sequential lax.scan over {shape[1]} steps is too slow")
                     continue
-                for bidir in (False, True):
+                for bidir in [d == "fused" for d in args.dirs.split(",")]:
                     r = timed(b, shape, bidir)
                     rec = dict(backend=b, shape=shape, bidir=bidir, **r)
                     result["timings"].append(rec)
@@ -362,9 +382,12 @@ def _version(module):
 
 def render(result, bw):
     meta = result["meta"]
-    lines = [f"# Selective scan on {meta['device']}", "",
-             f"{meta['date']}, jax {meta['jax']} / jaxlib {meta['jaxlib']}, copy bandwidth "
-             f"{meta['copy_bandwidth_GBps']:.0f} GB/s. Command: `{meta['command']}`", "",
+    runs = result.get("runs", [meta])
+    lines = [f"# Selective scan on {meta['device']}", ""]
+    lines += [f"{'Run ' + str(i + 1) + ': ' if len(runs) > 1 else ''}{run['date']}, jax {run['jax']} / jaxlib "
+              f"{run['jaxlib']}, copy bandwidth {run['copy_bandwidth_GBps']:.0f} GB/s. Command: `{run['command']}`  "
+              for i, run in enumerate(runs)]
+    lines += ["",
              "bf16 activations, float32 A/D/delta_bias, N=16; median ms per call. 'exp %' and 'mem %' "
              f"are the exponential floor ({EXP_RATE / 1e12:.1f} T/s; fwd+bwd counts the exponentials twice) and the "
              "bytes floor (copy bandwidth) as a share of the measured time.", "",

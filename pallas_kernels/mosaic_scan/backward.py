@@ -153,10 +153,6 @@ def _compiler(static: Static) -> dict:
         interpret=_interpreter() if static.interpret else None)
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + jnp.exp(-x))
-
-
 class _Lanes:
     """One CTA's view of the inputs: its direction k, batch row b and 128 channels (one per
     thread), the per-channel parameters in registers, and the recurrence of the states."""
@@ -173,6 +169,12 @@ class _Lanes:
         self.D = p_g[self.k, state, self.cols]
         self.bias = p_g[self.k, state + 1, self.cols]
         self.zero = self.D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
+        self.fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp")
+        # The "bc_once" ablation: the first token's B and C, loaded once, serve every token.
+        self.bc_first = None
+        if static.cfg.ablation == "bc_once":
+            self.bc_first = [bc_g[self.k, self.b, 0, col] for col in list(range(state)) +
+                             list(range(state_pad, state_pad + state))]
 
     def token(self, p):
         """Token index of scan position p (direction 1 of a pair scans last to first)."""
@@ -186,28 +188,32 @@ class _Lanes:
         delta) if `state`, those of the adjoint's (dy and the derivatives) if `adjoint`."""
         t, k, b, cols, static = self.token(p), self.k, self.b, self.cols, self.static
         raw = self.d_g[k, b, t, cols].astype(F32) + self.bias
-        v = dict(t=t, dt=scan_math.softplus(raw) if static.delta_softplus else raw)
+        v = dict(t=t, dt=self.fn.softplus(raw) if static.delta_softplus else raw)
         if state:
             v["u"] = self.u_g[k, b, t, cols].astype(F32)
         if not adjoint:
             return v
-        v["dgrad"] = _sigmoid(raw) if static.delta_softplus else None
+        v["dgrad"] = self.fn.sigmoid(raw) if static.delta_softplus else None
         v["dout"] = v["dy"] = self.dout_g[b, t, cols].astype(F32) * static.scale
         if static.has_z:
             zz = self.z_g[b, t, cols].astype(F32)
-            sig = _sigmoid(zz)
+            sig = self.fn.sigmoid(zz)
             v["dy"] = v["dout"] * zz * sig
             v["dsilu"] = sig * (1.0 + zz * (1.0 - sig))
         return v
 
     def B_of(self, t):
+        if self.bc_first is not None:
+            return self.bc_first[:self.S]
         return [self.bc_g[self.k, self.b, t, n] for n in range(self.S)]
 
     def C_of(self, t):
+        if self.bc_first is not None:
+            return self.bc_first[self.S:]
         return [self.bc_g[self.k, self.b, t, self.state_pad + n] for n in range(self.S)]
 
     def decay(self, v):
-        return [jnp.exp2(v["dt"] * self.A2[n]) for n in range(self.S)]
+        return [self.fn.exp2(v["dt"] * self.A2[n]) for n in range(self.S)]
 
     def advance(self, h, v):
         """h_t from h_{t-1}."""
@@ -223,7 +229,7 @@ class _Lanes:
         def add(i, x):
             r = segs(i)
             delta_sum = summ_g[k, b, r, 2 * S, cols]
-            return [jnp.exp2(self.A2[n] * delta_sum) * x[n] + summ_g[k, b, r, row + n, cols] for n in range(S)]
+            return [self.fn.exp2(self.A2[n] * delta_sum) * x[n] + summ_g[k, b, r, row + n, cols] for n in range(S)]
         return add
 
 
@@ -343,7 +349,8 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
             dD = dD + dy * uu
             db = db + dd
             lam = [a[n] * lam[n] for n in range(S)]
-        _channel_sums(red, rows, dbc_g.at[k, lanes.cb, b, c], zero)
+        if static.cfg.ablation != "no_sums":
+            _channel_sums(red, rows, dbc_g.at[k, lanes.cb, b, c], zero)
         return lam, dA, dD, db
 
     def run(seg_rows):

@@ -12,6 +12,8 @@ SMEM_BYTES = 232_448 - 8_192
 # B and C are padded to a multiple of this many states: a TMA copy of any number of `[B | C]`
 # rows must move a multiple of 128 bytes (Mosaic GPU splits it over the warpgroup's threads).
 STATE_MULTIPLE = 16
+# The timing-only ablations (see `MosaicScanConfig.ablation`).
+ABLATIONS = ("", "no_exp", "bc_once", "no_sums")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,11 @@ class MosaicScanConfig:
     ctas_per_sm: with `segments=0`, a call whose batch x channel blocks gives fewer CTAs than
       this many per multiprocessor is cut into enough segments to reach it.
     min_segment: with `segments=0`, no segment shorter than this many tokens.
+    ablation: timing only, wrong values: "" (off) or one part of the work taken out, to measure
+      what bounds the kernels by how much each removal moves the time. "no_exp": every special
+      function (`exp2`, and the `exp`/`log` of softplus, SiLU and the sigmoid) becomes a
+      multiply-add; "bc_once": B_t and C_t are read once per tile (forward) or once per CTA
+      (backward) instead of every token; "no_sums": the backward skips its dB/dC channel sums.
     """
 
     tile: int = 16
@@ -72,6 +79,7 @@ class MosaicScanConfig:
     segments: int = 0
     ctas_per_sm: int = 2
     min_segment: int = 128
+    ablation: str = ""
 
     def __post_init__(self):
         if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
@@ -79,6 +87,8 @@ class MosaicScanConfig:
         if self.segments < 0 or self.bwd_segments < 0 or self.ctas_per_sm < 1 or self.min_segment < 1:
             raise ValueError(f"MosaicScanConfig: segments and bwd_segments must be >= 0, ctas_per_sm and min_segment "
                              f"positive, got {self}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"MosaicScanConfig: ablation must be one of {ABLATIONS}, got {self.ablation!r}")
 
 
 @dataclasses.dataclass(frozen=True)

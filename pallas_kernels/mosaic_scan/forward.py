@@ -185,7 +185,7 @@ def _park_steps(k, n_tiles, ndir, summary, two_wg):
     return n_tiles if k == 0 else 0
 
 
-def _entry_state(k, rev, A2, *, state, n_seg, b, cols, seg, sum_g, zero):
+def _entry_state(k, rev, A2, *, state, n_seg, b, cols, seg, sum_g, zero, fn):
     """The state entering segment `seg` of direction k: the summaries of the segments scanned
     before it, chained in scan order (`h <- exp2(A2 * sum(delta)) * h + h_end`)."""
     if sum_g is None:
@@ -193,7 +193,7 @@ def _entry_state(k, rev, A2, *, state, n_seg, b, cols, seg, sum_g, zero):
 
     def add(r, h):
         decay_sum = sum_g[k, b, r, state, cols]
-        return tuple(jnp.exp2(A2[n] * decay_sum) * h[n] + sum_g[k, b, r, n, cols] for n in range(state))
+        return tuple(fn.exp2(A2[n] * decay_sum) * h[n] + sum_g[k, b, r, n, cols] for n in range(state))
 
     h = tuple(zero for _ in range(state))
     if rev:  # segments n_seg - 1, ..., seg + 1
@@ -209,6 +209,8 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     there are two). The ragged tile (the last in token order) is peeled off the loop with its
     static row count."""
     ndir = len(static.revs)
+    fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp")
+    bc_once = static.cfg.ablation == "bc_once"
     gate = gate and (meet or park_steps < n_tiles)  # z copied (as the slot barriers count it)
     bars = smem["bars"][k]
     ring_of = lambda name: smem[name][ring]
@@ -252,21 +254,25 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
         u_s, d_s, bc_s = ring_of("u").at[slot], ring_of("d").at[slot], ring_of("bc").at[slot]
         h, delta_sum = list(carry[0]), carry[1]
         row0 = local_row(i)
+        bc_at = lambda j, col: bc_s[j, col]
+        if bc_once:  # the ablation: the tile's first row of B and C, loaded once, serves all its tokens
+            first = {col: bc_s[0, col] for n in range(state) for col in (n, state_pad + n)}
+            bc_at = lambda j, col: first[col]
         for j in (range(nrows - 1, -1, -1) if rev else range(nrows)):
             uu = u_s[j].astype(F32)
             dt = d_s[j].astype(F32) + bias
             if static.delta_softplus:
-                dt = scan_math.softplus(dt)
+                dt = fn.softplus(dt)
             dtu = dt * uu
             if summary:  # end state and sum of delta only
                 delta_sum = delta_sum + dt
                 for n in range(state):
-                    h[n] = jnp.exp2(dt * A2[n]) * h[n] + dtu * bc_s[j, n]
+                    h[n] = fn.exp2(dt * A2[n]) * h[n] + dtu * bc_at(j, n)
                 continue
             y = D * uu
             for n in range(state):
-                h[n] = jnp.exp2(dt * A2[n]) * h[n] + dtu * bc_s[j, n]
-                y = y + h[n] * bc_s[j, state_pad + n]
+                h[n] = fn.exp2(dt * A2[n]) * h[n] + dtu * bc_at(j, n)
+                y = y + h[n] * bc_at(j, state_pad + n)
             if park:  # for the other direction, which adds it
                 smem["park"][row0 + j] = (static.scale * y).astype(smem["park"].dtype)
                 continue
@@ -275,7 +281,7 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
             elif static.scale != 1.0:
                 y = static.scale * y
             if gate:
-                y = y * scan_math.silu(ring_of("z")[slot, j].astype(F32))
+                y = y * fn.silu(ring_of("z")[slot, j].astype(F32))
             ring_of("o")[slot, j] = y.astype(out_g.dtype)
         # Every thread is done with the slot (and its output writes are visible to TMA) before
         # the slot is stored and refilled.
@@ -291,7 +297,7 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     # A zero in the strided layout of the loaded rows (a constant would be a splat, and the loop
     # carry's layout must not change).
     zero = D * 0.0
-    h = _entry_state(k, rev, A2, state=state, n_seg=n_seg, b=b, cols=cols, seg=seg, sum_g=sum_g, zero=zero)
+    h = _entry_state(k, rev, A2, state=state, n_seg=n_seg, b=b, cols=cols, seg=seg, sum_g=sum_g, zero=zero, fn=fn)
 
     def steps(lo, hi, carry, park):
         """Steps [lo, hi) in scan order, the ragged one peeled."""

@@ -126,6 +126,32 @@ def test_backward_segments_follow_the_cta_count():
     assert backward.segment_len(6085, 24, 8, ms.MosaicScanConfig(bwd_segments=4)) == 1528
 
 
+@pytest.mark.parametrize("ablation,changed", [
+    ("no_sums", {"B", "C"}),  # only the channel sums are skipped: every other gradient is exact
+    # dD = sum(dy u) never reads B or C
+    pytest.param("bc_once", {"out", "u", "delta", "A", "B", "C", "z", "delta_bias"}, marks=SLOW),
+    pytest.param("no_exp", {"out", "u", "delta", "A", "B", "C", "D", "z", "delta_bias"}, marks=SLOW),
+])
+def test_timing_ablations_remove_what_they_name(ablation, changed):
+    """The timing-only ablations (wrong values by design) run forward and backward and change
+    exactly the results that depend on the work they take out."""
+    inputs = _f32(random_scan_inputs(98, 1, 9, 5, 2))
+    exact = _evaluate(inputs, interpreted(tile=4), False, False, 1.0, ARG_NAMES)
+    ablated = _evaluate(inputs, interpreted(tile=4, ablation=ablation), False, False, 1.0, ARG_NAMES)
+    flat = lambda r: {"out": r[0], **r[1]}
+    exact, ablated = flat(exact), flat(ablated)
+    for name in exact:
+        if name in changed:
+            assert not np.allclose(ablated[name], exact[name], rtol=1e-3, atol=0), name
+        else:
+            np.testing.assert_array_equal(ablated[name], exact[name], err_msg=name)
+
+
+def test_unknown_ablation_is_refused():
+    with pytest.raises(ValueError, match="ablation"):
+        ms.MosaicScanConfig(ablation="no_loads")
+
+
 @SLOW
 def test_backward_over_two_channel_blocks_and_batch_rows():
     """130 channels (two CTAs, the second nearly all padding) and two batch rows: the partial sums
