@@ -3,8 +3,10 @@
 #
 #     OUT=/tmp/gpu bash experiments/gpu_suite.sh scan models224 highres vim_vs_deit
 #
-# Stages: scan (bench_scan.py: float64 checks, then every backend timed, plus the pallas
-# fast_math variant), models224 / highres (bench_models.py sections), profile (profile_model.py:
+# Stages: scan (bench_scan.py: the Mosaic kernels checked against float64, then timed beside the
+# Triton ones at every shape: about 9 minutes), scan_bound (the Mosaic kernels with one part of
+# their work taken out at a time, and the backward's segment count, against the default: about
+# 7 minutes), models224 / highres (bench_models.py sections), profile (profile_model.py:
 # Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
 # Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), segment (segment_vim_vs_deit.py:
@@ -30,9 +32,21 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%H:%M:%S))"
   case $stage in
-    scan)
-      python3 experiments/bench_scan.py --out "$OUT" --checks quick --reps 10 --inner 5 \
-        --sweep '[{"fast_math":true}]' 2>&1 | tee "$OUT/bench_scan.log" ;;
+    scan)  # the targets' file: the kernels checked against float64, then timed side by side
+      python3 experiments/bench_scan.py --out "$OUT" --backends mosaic,pallas --check-backends mosaic \
+        --checks quick --check-shapes-json '[[1,1,130,16],[2,33,200,13],[4,197,768,16],[1,6085,384,16]]' \
+        --reps 10 --inner 5 2>&1 | tee "$OUT/bench_scan.log" | grep -E "^(check|time) " | cut -c1-200 ;;
+    scan_bound)  # what bounds the Mosaic kernels: each ablation's time against the default's, same run
+      mkdir -p "$OUT/scan_bound"
+      python3 experiments/bench_scan.py --out "$OUT/scan_bound" --checks none --variant-bwd --reps 10 --inner 5 \
+        --backends mosaic,mosaic:ablation=no_exp,mosaic:ablation=bc_once,mosaic:ablation=no_sums \
+        --shapes 0,2 --dirs one 2>&1 | grep "^time " | cut -c1-200
+      python3 experiments/bench_scan.py --out "$OUT/scan_bound" --append --checks none --variant-bwd --reps 10 \
+        --inner 5 --backends mosaic,mosaic:ablation=no_exp,mosaic:ablation=bc_once --shapes 0 --dirs fused \
+        2>&1 | grep "^time " | cut -c1-200
+      python3 experiments/bench_scan.py --out "$OUT/scan_bound" --append --checks none --variant-bwd --reps 10 \
+        --inner 5 --backends mosaic:bwd_segments=6,mosaic:bwd_segments=22 --shapes 2 --dirs one \
+        2>&1 | grep "^time " | cut -c1-200 ;;
     models224)
       python3 experiments/bench_models.py --sections 224 --budget-s "${BUDGET_S:-240}" \
         --results-dir "$OUT" 2>&1 | tail -60 ;;
