@@ -5,8 +5,9 @@
 #
 # Stages: scan (bench_scan.py: the Mosaic kernels checked against float64, then timed beside the
 # Triton ones at every shape: about 9 minutes), scan_bound (the Mosaic kernels with one part of
-# their work taken out at a time, and the backward's segment count, against the default: about
-# 7 minutes), models224 / highres (bench_models.py sections), profile (profile_model.py:
+# their work taken out at a time, against the default: about 6 minutes), scan_next (options
+# built since the last GPU run, checked and timed beside the default, and the backward's segment
+# count: about 7 minutes), models224 / highres (bench_models.py sections), profile (profile_model.py:
 # Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
 # Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), segment (segment_vim_vs_deit.py:
@@ -44,7 +45,13 @@ for stage in "$@"; do
       python3 experiments/bench_scan.py --out "$OUT/scan_bound" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --backends mosaic,mosaic:ablation=no_exp,mosaic:ablation=bc_once --shapes 0 --dirs fused \
         2>&1 | grep "^time " | cut -c1-200
-      python3 experiments/bench_scan.py --out "$OUT/scan_bound" --append --checks none --variant-bwd --reps 10 \
+      ;;
+    scan_next)  # options built but not yet run on a GPU: checked against float64, then timed beside the default
+      mkdir -p "$OUT/scan_next"
+      python3 experiments/bench_scan.py --out "$OUT/scan_next" --variant-bwd --reps 10 --inner 5 \
+        --backends mosaic,mosaic:bwd_stage_bc=true --check-backends mosaic:bwd_stage_bc=true --checks quick \
+        --check-shapes-json '[[2,33,200,13]]' --shapes 0,2 2>&1 | grep -E "^(check|time) " | cut -c1-200
+      python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --backends mosaic:bwd_segments=6,mosaic:bwd_segments=22 --shapes 2 --dirs one \
         2>&1 | grep "^time " | cut -c1-200 ;;
     models224)

@@ -31,6 +31,8 @@ then runs both passes over its segment; its per-channel sums are partials that X
 
 Inputs are read straight from global memory, token by token (one coalesced row of 128 channels,
 and B_t, C_t as scalars every thread loads at one address), and outputs written the same way.
+With `bwd_stage_bc` each chunk's B and C rows are first staged in shared memory by one coalesced
+load (an element per thread), between two warpgroup barriers, and read from there.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ F32 = jnp.float32
 W = CHANNELS_PER_CTA
 LN2 = math.log(2.0)
 SUM_UNROLL = 8  # columns added per iteration of the channel-sum loop
+
+
+def stage_rows(chunk: int, state_pad: int, cfg) -> int:
+    """Floats of one chunk's `[B | C]` rows staged in shared memory (`bwd_stage_bc`), or 0 where
+    they are read from global memory (off, or a block that is not whole thread counts)."""
+    rows = chunk * 2 * state_pad
+    return rows if cfg.bwd_stage_bc and rows % W == 0 else 0
 
 
 def reduction_rows(chunk: int, state: int) -> int:
@@ -115,8 +124,9 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
                  jax.ShapeDtypeStruct((ndir, batch, n_seg, state + 2, channels), F32),
                  # scratch: the state entering every checkpoint group (pass 1 writes, pass 2 reads)
                  jax.ShapeDtypeStruct((ndir, batch, -(-n_chunks // group), state, channels), F32)]
-    shape = dict(static=static, state=state, state_pad=bc.shape[-1] // 2, chunk=chunk, seg_len=seg_len,
-                 n_seg=n_seg)
+    state_pad = bc.shape[-1] // 2
+    shape = dict(static=static, state=state, state_pad=state_pad, chunk=chunk, seg_len=seg_len, n_seg=n_seg)
+    staged = stage_rows(chunk, state_pad, cfg)
     grid = dict(grid=(ndir, batch, cblocks) + ((n_seg,) if n_seg > 1 else ()),
                 grid_names=("dir", "batch", "cblock") + (("seg",) if n_seg > 1 else ()))
     args = [u, delta] + ([z] if static.has_z else []) + [dout, bc, params]
@@ -126,11 +136,13 @@ def scan_backward(u, delta, z, dout, bc, params, *, state: int, static: Static):
             out_type=jax.ShapeDtypeStruct((ndir, batch, n_seg, 2 * state + 1, channels), F32),
             **grid, **_compiler(static))
         args.append(summary(*args))
+    scratch = dict(red=plgpu.SMEM((rows, W + 1), F32), entries=plgpu.SMEM((group, state, W), F32))
+    if staged:  # token rows flattened, `chunk` zero rows either side: every chunk's block is in bounds
+        args.append(jnp.pad(bc, ((0, 0), (0, 0), (chunk, chunk), (0, 0))).reshape(ndir, batch, -1))
+        scratch["stage"] = plgpu.SMEM((staged,), F32)
     kernel = plgpu.kernel(
-        functools.partial(_kernel, **shape, n_chunks=n_chunks, rows=rows),
-        out_type=tuple(out_type),
-        scratch_types=dict(red=plgpu.SMEM((rows, W + 1), F32), entries=plgpu.SMEM((group, state, W), F32)),
-        **grid, **_compiler(static))
+        functools.partial(_kernel, **shape, n_chunks=n_chunks, rows=rows, staged=staged),
+        out_type=tuple(out_type), scratch_types=scratch, **grid, **_compiler(static))
     outs = list(kernel(*args))
     du, dd = outs.pop(0), outs.pop(0)
     dz = outs.pop(0).sum(0, dtype=F32) if static.has_z else None
@@ -170,11 +182,12 @@ class _Lanes:
         self.bias = p_g[self.k, state + 1, self.cols]
         self.zero = self.D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
         self.fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp")
+        self.stage = None  # B and C read from global memory (see `stage_from`)
         # The "bc_once" ablation: the first token's B and C, loaded once, serve every token.
         self.bc_first = None
         if static.cfg.ablation == "bc_once":
             self.bc_first = [bc_g[self.k, self.b, 0, col] for col in list(range(state)) +
-                             list(range(state_pad, state_pad + state))]
+                             list(range(state_pad, state_pad + state))]  # B then C
 
     def token(self, p):
         """Token index of scan position p (direction 1 of a pair scans last to first)."""
@@ -202,15 +215,38 @@ class _Lanes:
             v["dsilu"] = sig * (1.0 + zz * (1.0 - sig))
         return v
 
-    def B_of(self, t):
+    def stage_from(self, flat_g, stage, chunk):
+        """Reads B and C from `stage` (shared memory), filled per chunk by `load_chunk` from
+        `flat_g` ([ndir, batch, (chunk + length + chunk) * 2 state_pad], the rows flattened)."""
+        self.flat_g, self.stage, self.chunk, self.t_lo = flat_g, stage, chunk, None
+
+    def load_chunk(self, c):
+        """Stages chunk c's `[B | C]` rows (in token order; the chunk at scan positions
+        c * chunk, ...): one coalesced load of one element per thread and block of 128."""
+        if self.stage is None:
+            return
+        first = self.token(c * self.chunk)
+        revs = self.static.revs
+        backwards = self.k if len(revs) == 2 else int(revs[0])  # its tokens run down from `first`
+        self.t_lo = first - backwards * (self.chunk - 1)
+        start = (self.t_lo + self.chunk) * 2 * self.state_pad
+        plgpu.commit_smem()  # every thread has read the previous chunk's rows
+        for q in range(self.stage.shape[0] // W):
+            self.stage[pl.ds(q * W, W)] = self.flat_g[self.k, self.b, pl.ds(start + q * W, W)]
+        plgpu.commit_smem()  # and every thread's element of this chunk's is written
+
+    def _bc(self, t, col):
         if self.bc_first is not None:
-            return self.bc_first[:self.S]
-        return [self.bc_g[self.k, self.b, t, n] for n in range(self.S)]
+            return self.bc_first[col if col < self.S else self.S + col - self.state_pad]
+        if self.stage is not None:
+            return self.stage[(t - self.t_lo) * (2 * self.state_pad) + col]
+        return self.bc_g[self.k, self.b, t, col]
+
+    def B_of(self, t):
+        return [self._bc(t, n) for n in range(self.S)]
 
     def C_of(self, t):
-        if self.bc_first is not None:
-            return self.bc_first[self.S:]
-        return [self.bc_g[self.k, self.b, t, self.state_pad + n] for n in range(self.S)]
+        return [self._bc(t, self.state_pad + n) for n in range(self.S)]
 
     def decay(self, v):
         return [self.fn.exp2(v["dt"] * self.A2[n]) for n in range(self.S)]
@@ -291,13 +327,17 @@ def _summary_kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_s
     _by_segment(run, length=lanes.length, seg_len=seg_len, n_seg=n_seg, seg=seg)
 
 
-def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_chunks, rows, red, entries):
+def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_chunks, rows, staged, red, entries,
+            stage=None):
     ins, outs = _split_refs(refs, static)
     summ_g = outs.pop(0) if n_seg > 1 else None  # the summary launch's output
+    flat_g = outs.pop(0) if staged else None  # [B | C] rows flattened, for the stage
     du_g, dd_g = outs.pop(0), outs.pop(0)
     dz_g = outs.pop(0) if static.has_z else None
     dbc_g, dp_g, ck_g = outs
     lanes = _Lanes(static, state, state_pad, *ins)
+    if staged:
+        lanes.stage_from(flat_g, stage, chunk)
     S, k, b, cols, zero, D = state, lanes.k, lanes.b, lanes.cols, lanes.zero, lanes.D
     A2 = lanes.A2
     K = entries.shape[0]  # chunks per checkpoint group
@@ -305,6 +345,7 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
     chunks_per_seg = seg_len // chunk
 
     def run_chunk(c, h):
+        lanes.load_chunk(c)
         for j in range(chunk):
             h = lanes.advance(h, lanes.inputs(c * chunk + j, adjoint=False))
         return h
@@ -315,6 +356,7 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
 
     def chunk_back(c, steps, h, carry):
         lam, dA, dD, db = carry
+        lanes.load_chunk(c)
         vs = [lanes.inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
         h_before = []
         for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms

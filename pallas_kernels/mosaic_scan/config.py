@@ -44,6 +44,10 @@ class MosaicScanConfig:
     ckpt_chunks: chunks per checkpoint group of the backward: the state entering each group is
       kept in HBM, those entering its chunks in shared memory (`ckpt_chunks * N * 512` bytes). 1 keeps
       every chunk's in HBM (more traffic, one pass of exponentials less).
+    bwd_stage_bc: the backward stages each chunk's rows of B and C in shared memory, one
+      coalesced load of one element per thread, and reads them from there, instead of loading
+      every B_t and C_t as a scalar from global memory (5 N loads per token and thread over its
+      passes). Needs `bwd_chunk * 2 * state_pad` to be a multiple of 128 (else off).
     bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
       runs (segments counted); below, the fallback's backward does. One CTA scans a whole
       segment, so few CTAs over long sequences leave most SMs idle, where the Triton kernels
@@ -74,6 +78,7 @@ class MosaicScanConfig:
     bwd_segments: int = 0
     bwd_chunk: int = 4
     ckpt_chunks: int = 1
+    bwd_stage_bc: bool = False
     bwd_min_ctas: int = 128
     two_warpgroups: bool = False
     segments: int = 0

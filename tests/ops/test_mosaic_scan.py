@@ -106,6 +106,20 @@ def test_segmented_backward_gives_the_same_gradients(length, bwd_chunk, ckpt_chu
     _gradients_match(inputs, backend, reverse)
 
 
+@pytest.mark.parametrize("length,bwd_chunk,bidirectional,reverse,segments", [
+    (9, 4, False, True, 0),  # a ragged last chunk (of 1 token) at the sequence's start
+    pytest.param(19, 8, True, False, 0, marks=SLOW),  # fused: the direction picks the block's end
+    pytest.param(19, 4, False, False, 2, marks=SLOW),  # segments: chunks counted over the sequence
+])
+def test_backward_with_b_and_c_staged_in_shared_memory(length, bwd_chunk, bidirectional, reverse, segments):
+    """`bwd_stage_bc`: each chunk's rows of B and C come from shared memory, staged by one load
+    per thread (4 or 8 tokens x 2 x 16 padded states: one or two blocks of 128)."""
+    lead = (2,) if bidirectional else ()
+    inputs = random_scan_inputs(103 + length, 1, length, 5, 3, lead=lead)
+    backend = interpreted(tile=4, bwd_chunk=bwd_chunk, bwd_stage_bc=True, bwd_segments=segments or 1)
+    _gradients_match(inputs, backend, reverse, bidirectional=bidirectional)
+
+
 @SLOW
 def test_fused_bidirectional_segmented_backward():
     inputs = random_scan_inputs(102, 1, 13, 5, 2, lead=(2,))
