@@ -181,7 +181,7 @@ class _Lanes:
         self.D = p_g[self.k, state, self.cols]
         self.bias = p_g[self.k, state + 1, self.cols]
         self.zero = self.D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
-        self.fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp")
+        self.fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp", poly_states=static.cfg.poly_exp_states)
         self.stage = None  # B and C read from global memory (see `stage_from`)
         # The "bc_once" ablation: the first token's B and C, loaded once, serve every token.
         self.bc_first = None
@@ -249,7 +249,7 @@ class _Lanes:
         return [self._bc(t, self.state_pad + n) for n in range(self.S)]
 
     def decay(self, v):
-        return [self.fn.exp2(v["dt"] * self.A2[n]) for n in range(self.S)]
+        return [self.fn.decay(v["dt"] * self.A2[n], n) for n in range(self.S)]
 
     def advance(self, h, v):
         """h_t from h_{t-1}."""

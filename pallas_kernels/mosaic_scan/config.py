@@ -62,6 +62,10 @@ class MosaicScanConfig:
     ctas_per_sm: with `segments=0`, a call whose batch x channel blocks gives fewer CTAs than
       this many per multiprocessor is cut into enough segments to reach it.
     min_segment: with `segments=0`, no segment shorter than this many tokens.
+    poly_exp_states: of the N decays `exp2(delta A_n)` per token and thread, how many run as a
+      polynomial on the FMA units (`scan_math.exp2_fma`, as accurate as `ex2.approx`) instead of
+      on the special-function units, whose `ex2` rate bounds an exponential-bound kernel: a share
+      moved balances the two pipes (0: all on the special-function units).
     ablation: timing only, wrong values: "" (off) or one part of the work taken out, to measure
       what bounds the kernels by how much each removal moves the time. "no_exp": every special
       function (`exp2`, and the `exp`/`log` of softplus, SiLU and the sigmoid) becomes a
@@ -84,11 +88,14 @@ class MosaicScanConfig:
     segments: int = 0
     ctas_per_sm: int = 2
     min_segment: int = 128
+    poly_exp_states: int = 0
     ablation: str = ""
 
     def __post_init__(self):
         if self.tile < 1 or self.stages < 1 or self.bwd_chunk < 1 or self.ckpt_chunks < 1:
             raise ValueError(f"MosaicScanConfig: tile, stages, bwd_chunk and ckpt_chunks must be positive, got {self}")
+        if self.poly_exp_states < 0:
+            raise ValueError(f"MosaicScanConfig: poly_exp_states must be >= 0, got {self.poly_exp_states}")
         if self.segments < 0 or self.bwd_segments < 0 or self.ctas_per_sm < 1 or self.min_segment < 1:
             raise ValueError(f"MosaicScanConfig: segments and bwd_segments must be >= 0, ctas_per_sm and min_segment "
                              f"positive, got {self}")

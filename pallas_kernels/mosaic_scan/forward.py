@@ -209,7 +209,7 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     there are two). The ragged tile (the last in token order) is peeled off the loop with its
     static row count."""
     ndir = len(static.revs)
-    fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp")
+    fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp", poly_states=static.cfg.poly_exp_states)
     bc_once = static.cfg.ablation == "bc_once"
     gate = gate and (meet or park_steps < n_tiles)  # z copied (as the slot barriers count it)
     bars = smem["bars"][k]
@@ -267,11 +267,11 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
             if summary:  # end state and sum of delta only
                 delta_sum = delta_sum + dt
                 for n in range(state):
-                    h[n] = fn.exp2(dt * A2[n]) * h[n] + dtu * bc_at(j, n)
+                    h[n] = fn.decay(dt * A2[n], n) * h[n] + dtu * bc_at(j, n)
                 continue
             y = D * uu
             for n in range(state):
-                h[n] = fn.exp2(dt * A2[n]) * h[n] + dtu * bc_at(j, n)
+                h[n] = fn.decay(dt * A2[n], n) * h[n] + dtu * bc_at(j, n)
                 y = y + h[n] * bc_at(j, state_pad + n)
             if park:  # for the other direction, which adds it
                 smem["park"][row0 + j] = (static.scale * y).astype(smem["park"].dtype)

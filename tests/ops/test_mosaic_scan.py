@@ -161,6 +161,28 @@ def test_timing_ablations_remove_what_they_name(ablation, changed):
             np.testing.assert_array_equal(ablated[name], exact[name], err_msg=name)
 
 
+def test_exp2_on_the_fma_units_is_as_accurate_as_ex2_approx():
+    """`exp2_fma` over the decays' whole range (every float32 exponent), within ex2.approx's 2 ulp;
+    exactly 1 at 0 (decays near 1 compound over long sequences); clamped outside the normal range."""
+    from pallas_kernels.mosaic_scan.scan_math import exp2_fma
+
+    x = np.concatenate([np.linspace(-126, 0, 400_001), -np.geomspace(1e-9, 1e-2, 1000)]).astype(np.float32)
+    got = np.asarray(jax.jit(exp2_fma)(x), np.float64)
+    want = np.exp2(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 2.4e-7
+    assert float(exp2_fma(jnp.float32(0.0))) == 1.0
+    assert float(exp2_fma(jnp.float32(-500.0))) == 2.0 ** -126
+
+
+@pytest.mark.parametrize("poly_exp_states,bidirectional", [(2, False), pytest.param(5, True, marks=SLOW)])
+def test_decays_on_the_fma_units_give_the_same_scan(poly_exp_states, bidirectional):
+    """`poly_exp_states`: some (2 of 5) or all of a token's decays by `exp2_fma`, forward and
+    backward kernels, against the float64 oracle at the usual float32 tolerances."""
+    lead = (2,) if bidirectional else ()
+    inputs = random_scan_inputs(104, 1, 9, 5, 5, lead=lead)
+    _gradients_match(inputs, interpreted(tile=4, poly_exp_states=poly_exp_states), bidirectional=bidirectional)
+
+
 def test_unknown_ablation_is_refused():
     with pytest.raises(ValueError, match="ablation"):
         ms.MosaicScanConfig(ablation="no_loads")
