@@ -253,9 +253,13 @@ class _Lanes:
 
     def advance(self, h, v):
         """h_t from h_{t-1}."""
+        return self.advance_with_decay(h, v)[0]
+
+    def advance_with_decay(self, h, v):
+        """(h_t from h_{t-1}, the decays exp2(delta_t A) it applied)."""
         dtu = v["dt"] * v["u"]
         a, Bt = self.decay(v), self.B_of(v["t"])
-        return [a[n] * h[n] + dtu * Bt[n] for n in range(self.S)]
+        return [a[n] * h[n] + dtu * Bt[n] for n in range(self.S)], a
 
     def chain(self, summ_g, segs, row):
         """Summaries `row` (the end states, or the adjoints) of segments `segs(i)`, i = 0, 1, ...,
@@ -358,10 +362,11 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
         lam, dA, dD, db = carry
         lanes.load_chunk(c)
         vs = [lanes.inputs(c * chunk + j) for j in range(steps)]  # the loads first, ahead of the stores
-        h_before = []
+        h_before, decays = [], []
         for j, v in enumerate(vs):  # recompute the chunk: states, dz, dC terms
             h_before.append(h)
-            h = lanes.advance(h, v)
+            h, a = lanes.advance_with_decay(h, v)
+            decays.append(a if static.cfg.bwd_keep_decays else None)
             if static.has_z:  # dz needs this direction's y_t
                 y = D * v["u"]
                 for n, c_n in enumerate(lanes.C_of(v["t"])):
@@ -373,7 +378,7 @@ def _kernel(*refs, static: Static, state, state_pad, chunk, seg_len, n_seg, n_ch
             v = vs[j]
             t, dt, uu, dy = v["t"], v["dt"], v["u"], v["dy"]
             Bt, Ct = lanes.B_of(t), lanes.C_of(t)
-            a = lanes.decay(v)
+            a = decays[j] or lanes.decay(v)
             lam = [lam[n] + dy * Ct[n] for n in range(S)]
             s = [lam[n] * a[n] * h_before[j][n] for n in range(S)]
             lam_B, s_A = zero, zero

@@ -48,6 +48,9 @@ class MosaicScanConfig:
       coalesced load of one element per thread, and reads them from there, instead of loading
       every B_t and C_t as a scalar from global memory (5 N loads per token and thread over its
       passes). Needs `bwd_chunk * 2 * state_pad` to be a multiple of 128 (else off).
+    bwd_keep_decays: the backward keeps each chunk's decays `exp2(delta A)` in registers from
+      the chunk's recompute to its adjoint (16 x bwd_chunk more per thread at N = 16) instead of
+      computing them again: one of its three passes of exponentials.
     bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
       runs (segments counted); below, the fallback's backward does. One CTA scans a whole
       segment, so few CTAs over long sequences leave most SMs idle, where the Triton kernels
@@ -83,6 +86,7 @@ class MosaicScanConfig:
     bwd_chunk: int = 4
     ckpt_chunks: int = 1
     bwd_stage_bc: bool = False
+    bwd_keep_decays: bool = False
     bwd_min_ctas: int = 128
     two_warpgroups: bool = False
     segments: int = 0

@@ -120,6 +120,38 @@ def test_backward_with_b_and_c_staged_in_shared_memory(length, bwd_chunk, bidire
     _gradients_match(inputs, backend, reverse, bidirectional=bidirectional)
 
 
+@pytest.mark.parametrize("bidirectional", [False, pytest.param(True, marks=SLOW)])
+def test_backward_keeping_the_decays_gives_the_same_gradients(bidirectional):
+    """`bwd_keep_decays`: the adjoint uses the decays its chunk's recompute computed (a ragged
+    last chunk of 1 token included)."""
+    lead = (2,) if bidirectional else ()
+    inputs = random_scan_inputs(105, 1, 9, 5, 3, lead=lead)
+    _gradients_match(inputs, interpreted(tile=4, bwd_keep_decays=True), reverse=True, bidirectional=bidirectional)
+    # and the kernels' code computes fewer exponentials
+    assert (_exp2_count(inputs, interpreted(tile=4, bwd_keep_decays=True), bidirectional)
+            < _exp2_count(inputs, interpreted(tile=4), bidirectional))
+
+
+def _exp2_count(inputs, backend, bidirectional):
+    """How many exp2 operations the code of a scan's value and gradient holds (traced, not run)."""
+    scan = selective_scan_bidirectional if bidirectional else selective_scan
+    loss = lambda a: jnp.sum(scan(**a, backend=backend))
+    return _primitive_count(jax.make_jaxpr(jax.grad(loss))(_f32(inputs)).jaxpr, "exp2")
+
+
+def _primitive_count(jaxpr, name):
+    """Occurrences of primitive `name` in a jaxpr and every jaxpr nested in its equations."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += eqn.primitive.name == name
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _primitive_count(inner, name)
+    return total
+
+
 @SLOW
 def test_fused_bidirectional_segmented_backward():
     inputs = random_scan_inputs(102, 1, 13, 5, 2, lead=(2,))
@@ -181,6 +213,8 @@ def test_decays_on_the_fma_units_give_the_same_scan(poly_exp_states, bidirection
     lead = (2,) if bidirectional else ()
     inputs = random_scan_inputs(104, 1, 9, 5, 5, lead=lead)
     _gradients_match(inputs, interpreted(tile=4, poly_exp_states=poly_exp_states), bidirectional=bidirectional)
+    assert (_exp2_count(inputs, interpreted(tile=4, poly_exp_states=poly_exp_states), bidirectional)
+            < _exp2_count(inputs, interpreted(tile=4), bidirectional))
 
 
 def test_unknown_ablation_is_refused():
