@@ -53,7 +53,7 @@ for stage in "$@"; do
         --check-shapes-json '[[2,33,200,13]]' --shapes 0,2 --skip-timings 2>&1 | grep "^check " | cut -c1-200
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --shapes 0,2 --dirs one \
-        --backends mosaic,mosaic:bwd_stage_bc=true,mosaic:bwd_keep_decays=true,mosaic:poly_exp_states=4,mosaic:poly_exp_states=8,$new \
+        --backends mosaic,mosaic:bwd_stage_bc=true,mosaic:bwd_keep_decays=true,mosaic:poly_exp_states=4,$new \
         2>&1 | grep "^time " | cut -c1-200
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --backends mosaic:bwd_segments=6,mosaic:bwd_segments=22 --shapes 2 --dirs one \
