@@ -14,8 +14,11 @@
 # UperNet-Vim-Ti vs UperNet-DeiT-Ti on the Fashion-MNIST scenes at SIZES, STEPS steps x 2 seeds),
 # fmnist (the full recipe).
 # Results go to $OUT (default experiments/results). Python packages missing on the GPU machine
-# (it has no network) are installed from wheels in $WHEELS (default .gpuwhl); Fashion-MNIST is
-# read from $VIM_JAX_FASHION_MNIST_DIR (default .carry/fashion-mnist, the four IDX .gz files).
+# (it has no network) are installed from wheels in $WHEELS (default .gpuwhl, made on a networked
+# machine for the GPU machine's Python: `pip download grain==0.2.18 array-record cloudpickle
+# portpicker ml-collections tqdm --python-version 3.12 --only-binary=:all: --no-deps -d .gpuwhl`);
+# Fashion-MNIST is read from $VIM_JAX_FASHION_MNIST_DIR (default .carry/fashion-mnist, the four
+# IDX .gz files, e.g. copied from the Debian package's /usr/share/datasets/fashion-mnist).
 set -o pipefail
 OUT=${OUT:-experiments/results}
 WHEELS=${WHEELS:-.gpuwhl}
