@@ -107,7 +107,7 @@ def test_segmented_backward_gives_the_same_gradients(length, bwd_chunk, ckpt_chu
 
 
 @pytest.mark.parametrize("length,bwd_chunk,bidirectional,reverse,segments", [
-    (9, 4, False, True, 0),  # a ragged last chunk (of 1 token) at the sequence's start
+    pytest.param(9, 4, False, True, 0, marks=SLOW),  # a ragged last chunk (of 1 token) at the sequence's start
     pytest.param(19, 8, True, False, 0, marks=SLOW),  # fused: the direction picks the block's end
     pytest.param(19, 4, False, False, 2, marks=SLOW),  # segments: chunks counted over the sequence
 ])
@@ -120,7 +120,7 @@ def test_backward_with_b_and_c_staged_in_shared_memory(length, bwd_chunk, bidire
     _gradients_match(inputs, backend, reverse, bidirectional=bidirectional)
 
 
-@pytest.mark.parametrize("bidirectional", [False, pytest.param(True, marks=SLOW)])
+@pytest.mark.parametrize("bidirectional", [pytest.param(False, marks=SLOW), pytest.param(True, marks=SLOW)])
 def test_backward_keeping_the_decays_gives_the_same_gradients(bidirectional):
     """`bwd_keep_decays`: the adjoint uses the decays its chunk's recompute computed (a ragged
     last chunk of 1 token included)."""
@@ -173,7 +173,8 @@ def test_backward_segments_follow_the_cta_count():
 
 
 @pytest.mark.parametrize("ablation,changed", [
-    ("no_sums", {"B", "C"}),  # only the channel sums are skipped: every other gradient is exact
+    # only the channel sums are skipped: every other gradient is exact
+    pytest.param("no_sums", {"B", "C"}, marks=SLOW),
     # dD = sum(dy u) never reads B or C
     pytest.param("bc_once", {"out", "u", "delta", "A", "B", "C", "z", "delta_bias"}, marks=SLOW),
     pytest.param("no_exp", {"out", "u", "delta", "A", "B", "C", "D", "z", "delta_bias"}, marks=SLOW),
@@ -193,6 +194,14 @@ def test_timing_ablations_remove_what_they_name(ablation, changed):
             np.testing.assert_array_equal(ablated[name], exact[name], err_msg=name)
 
 
+def test_options_not_yet_timed_give_the_same_gradients_together():
+    """The fast tier's case of `bwd_stage_bc`, `bwd_keep_decays` and `poly_exp_states` (each has
+    its own cases in the full suite): all three on, one direction reversed, a ragged last chunk."""
+    inputs = random_scan_inputs(106, 1, 9, 5, 3)
+    backend = interpreted(tile=4, bwd_stage_bc=True, bwd_keep_decays=True, poly_exp_states=2)
+    _gradients_match(inputs, backend, reverse=True)
+
+
 def test_exp2_on_the_fma_units_is_as_accurate_as_ex2_approx():
     """`exp2_fma` over the decays' whole range (every float32 exponent), within ex2.approx's 2 ulp;
     exactly 1 at 0 (decays near 1 compound over long sequences); clamped outside the normal range."""
@@ -206,7 +215,8 @@ def test_exp2_on_the_fma_units_is_as_accurate_as_ex2_approx():
     assert float(exp2_fma(jnp.float32(-500.0))) == 2.0 ** -126
 
 
-@pytest.mark.parametrize("poly_exp_states,bidirectional", [(2, False), pytest.param(5, True, marks=SLOW)])
+@pytest.mark.parametrize("poly_exp_states,bidirectional", [pytest.param(2, False, marks=SLOW),
+                                                            pytest.param(5, True, marks=SLOW)])
 def test_decays_on_the_fma_units_give_the_same_scan(poly_exp_states, bidirectional):
     """`poly_exp_states`: some (2 of 5) or all of a token's decays by `exp2_fma`, forward and
     backward kernels, against the float64 oracle at the usual float32 tolerances."""
