@@ -113,7 +113,8 @@ def main(argv=None) -> int:
             try:
                 with runnable_anywhere():
                     lowered = lower(op, shape, jnp.dtype(args.dtype), backend)
-                print(f"ok      {op} {shape} {args.dtype}: {mosaic_kernels(lowered)} Mosaic GPU kernel calls", flush=True)
+                kernels = mosaic_kernels(lowered)
+                print(f"ok      {op} {shape} {args.dtype}: {kernels} Mosaic GPU kernel calls", flush=True)
             except Exception:  # report every case, then fail
                 failed += 1
                 print(f"FAILED  {op} {shape} {args.dtype}:\n{traceback.format_exc()}", flush=True)
