@@ -74,7 +74,7 @@ def scan_forward(u, delta, z, bc, params, *, state: int, static: Static):
         [state_pad, 2 * state_pad) (zero-padded: a copy of any row count is a multiple of 128 bytes);
         with the prologue, dt_low follows in [2 * state_pad, 2 * state_pad + rank_pad).
       params: [ndir, state + 2, channels_pad] float32: `A * log2(e)` (transposed), `D`, delta_bias;
-        with the prologue, the rows of `prologue.param_rows` follow.
+        with the prologue, its taps, conv bias and W_dt rows follow (`prologue.py`).
       state: N, the number of states scanned (the columns of bc beyond it are padding).
       static: the call's settings; `static.seg_len` tokens per segment (0: the whole sequence).
     """

@@ -20,11 +20,6 @@ from pallas_kernels.mosaic_scan.config import ConvPrologue
 F32 = jnp.float32
 
 
-def param_rows(prologue: ConvPrologue) -> int:
-    """Rows of the per-channel parameters the prologue adds."""
-    return prologue.d_conv + 1 + prologue.dt_rank
-
-
 class Prologue:
     """One thread's prologue for direction k: its taps, conv bias and W_dt column, loaded from
     `p_g[k, first_row:, cols]`; `dt_col` is dt_low's first column in the broadcast rows."""
