@@ -102,6 +102,10 @@ class VimConfig(PatchGrid):
     # A backend name, a backend object with its options (e.g. PallasScan(interpret=True)), a tuple
     # of those tried in order, or None: the fastest that runs here (see vim_jax.ops.selective_scan).
     scan_backend: Any = None
+    # Where the mixer runs the fused bidirectional scan ("v2", the raster pair), run the conv
+    # prologue inside it too (`vim_jax.ops.conv_selective_scan_bidirectional`): a backend with a
+    # fused kernel ("mosaic") then reads x and dt_low instead of u and delta. Elsewhere no effect.
+    fused_conv_scan: bool = False
     remat: bool = False  # Recompute each block in the backward pass (saves activation memory).
     # Unroll the scan over blocks: compile time grows with depth, but the backward pass reads each
     # block's saved activations where they are instead of from stacked copies (zero-filled, written

@@ -12,6 +12,9 @@ SMEM_BYTES = 232_448 - 8_192
 # B and C are padded to a multiple of this many states: a TMA copy of any number of `[B | C]`
 # rows must move a multiple of 128 bytes (Mosaic GPU splits it over the warpgroup's threads).
 STATE_MULTIPLE = 16
+# With the conv prologue, dt_low follows [B | C] in the same float32 rows, padded to this many
+# columns (128 bytes) for the same reason.
+RANK_MULTIPLE = 32
 # The timing-only ablations (see `MosaicScanConfig.ablation`).
 ABLATIONS = ("", "no_exp", "bc_once", "no_sums")
 
@@ -108,6 +111,15 @@ class MosaicScanConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConvPrologue:
+    """The forward computes u = silu(conv(x)) and delta = dt_low . W_dt itself, per token and
+    thread, from x and dt_low (`prologue.py`), instead of reading u and delta."""
+
+    d_conv: int  # conv taps, the last on the current token
+    dt_rank: int  # columns of dt_low (rows of W_dt)
+
+
+@dataclasses.dataclass(frozen=True)
 class Static:
     """Everything about one call that is not an array."""
 
@@ -119,3 +131,4 @@ class Static:
     interpret: bool
     fused: bool = True  # two directions in one launch (else two launches, see `vjp`)
     seg_len: int = 0  # tokens per segment (0: the whole sequence, no summary pass)
+    prologue: ConvPrologue | None = None  # the forward's inputs are x and dt_low, not u and delta

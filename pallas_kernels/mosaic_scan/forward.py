@@ -19,6 +19,11 @@ delta per channel (a segment's decay is `exp2(A2 * sum(delta))` per state); the 
 chains the summaries of the segments before its own (in scan order) into its entry state, in
 registers, then rescans its segment from there, writing `y`. Twice the exponentials, S times the
 CTAs.
+
+With a conv prologue (`Static.prologue`, the op `conv_selective_scan`) the ring brings rows of x
+(shared by both directions) instead of u and delta, and dt_low at the end of each `[B | C]` row;
+each thread computes its channel's u and delta per token (`prologue.py`), carrying the conv's
+history across tiles. Everything else is the same kernel.
 """
 
 from __future__ import annotations
@@ -30,20 +35,24 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.mosaic_scan import prologue as conv_prologue
 from pallas_kernels.mosaic_scan import scan_math
-from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, SMEM_BYTES, Static
+from pallas_kernels.mosaic_scan.config import CHANNELS_PER_CTA, SMEM_BYTES, STATE_MULTIPLE, Static
 
 F32 = jnp.float32
 W = CHANNELS_PER_CTA
 
 
-def smem_bytes(length: int, ndir: int, state_cols: int, act_itemsize: int, out_itemsize: int,
-               has_z: bool, tile: int, stages: int, park_itemsize: int = 4, rings: int = 1) -> int:
+def smem_bytes(length: int, ndir: int, row_cols: int, act_itemsize: int, out_itemsize: int,
+               has_z: bool, tile: int, stages: int, park_itemsize: int = 4, rings: int = 1,
+               act_rows: int = 2) -> int:
     """Shared memory one CTA of the output pass takes for a segment of `length` tokens: the
-    pipeline ring (one per warpgroup) and, with two directions, the parked halves of y."""
+    pipeline ring (one per warpgroup) and, with two directions, the parked halves of y.
+    `row_cols`: float32 columns of a token's broadcast row; `act_rows`: 128-channel rows per token
+    besides z (u and delta, or x alone with the conv prologue)."""
     tile = min(tile, length)
-    n_vec = 2 + int(has_z)
-    ring = stages * tile * (n_vec * W * act_itemsize + state_cols * 4 + W * out_itemsize)
+    n_vec = act_rows + int(has_z)
+    ring = stages * tile * (n_vec * W * act_itemsize + row_cols * 4 + W * out_itemsize)
     park = (-(-length // tile) * tile * W * park_itemsize) if ndir == 2 else 0
     return rings * ring + park
 
@@ -57,15 +66,19 @@ def scan_forward(u, delta, z, bc, params, *, state: int, static: Static):
     """out [batch, length, channels_pad] in u's dtype.
 
     Args:
-      u, delta: [ndir, batch, length, channels_pad] (channels_pad a multiple of 128).
+      u, delta: [ndir, batch, length, channels_pad] (channels_pad a multiple of 128); with
+        `static.prologue`, u is x [batch, length, channels_pad] (both directions convolve it) and
+        delta is None.
       z: [batch, length, channels_pad] or None.
       bc: [ndir, batch, length, 2 * state_pad] float32, `B` in columns [0, state_pad) and `C` in
-        [state_pad, 2 * state_pad) (zero-padded: a copy of any row count is a multiple of 128 bytes).
-      params: [ndir, state + 2, channels_pad] float32: `A * log2(e)` (transposed), `D`, delta_bias.
+        [state_pad, 2 * state_pad) (zero-padded: a copy of any row count is a multiple of 128 bytes);
+        with the prologue, dt_low follows in [2 * state_pad, 2 * state_pad + rank_pad).
+      params: [ndir, state + 2, channels_pad] float32: `A * log2(e)` (transposed), `D`, delta_bias;
+        with the prologue, its taps, conv bias and W_dt rows follow (`prologue.py`).
       state: N, the number of states scanned (the columns of bc beyond it are padding).
       static: the call's settings; `static.seg_len` tokens per segment (0: the whole sequence).
     """
-    length = u.shape[2]
+    length = u.shape[-2]
     seg_len = min(static.seg_len or length, length)
     n_seg = -(-length // seg_len)
     launch = functools.partial(_launch, u, delta, z, bc, params, state=state, static=static,
@@ -78,11 +91,12 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
     """One launch over the grid (batch, channel blocks[, segments]): the summary pass (`summary`:
     out [ndir, batch, segments, state + 1, channels_pad] float32, end states then sum of delta)
     or the output pass (entry states chained from `summary_in` when there are segments)."""
-    ndir, batch, length, channels = u.shape
+    ndir = len(static.revs)
+    batch, length, channels = u.shape[-3:]
     cfg = static.cfg
     tile = min(cfg.tile, seg_len)
     stages = min(cfg.stages, -(-seg_len // tile))
-    state_pad = bc.shape[-1] // 2
+    state_pad = -(-state // STATE_MULTIPLE) * STATE_MULTIPLE
     gate = static.has_z and not summary
     # Two warpgroups only without segments (with them the fused kernel is not the plan's choice).
     two_wg = cfg.two_warpgroups and ndir == 2 and not summary and n_seg == 1
@@ -90,14 +104,15 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
     ring = lambda cols, dtype: tuple(plgpu.SMEM((stages, tile, cols), dtype) for _ in range(rings))
     park_dtype = u.dtype if cfg.park_in_output_dtype else F32
     scratch = dict(
-        u=ring(W, u.dtype), d=ring(W, delta.dtype), bc=ring(2 * state_pad, F32),
+        u=ring(W, u.dtype), d=None if delta is None else ring(W, delta.dtype), bc=ring(bc.shape[-1], F32),
         o=None if summary else ring(W, u.dtype),
         z=ring(W, z.dtype) if gate else None,
         meet=plgpu.Barrier(num_arrivals=2) if two_wg else None,  # both warpgroups parked their half
         park=plgpu.SMEM((-(-seg_len // tile) * tile, W), park_dtype) if ndir == 2 and not summary else None,
         summ=plgpu.SMEM((ndir, state + 1, W), F32) if summary else None,
         # One barrier per slot and direction; every copy into a slot arrives on it once.
-        bars=[plgpu.Barrier(num_arrivals=3 + int(gate and (two_wg or k == ndir - 1)), num_barriers=stages)
+        bars=[plgpu.Barrier(num_arrivals=2 + int(delta is not None) + int(gate and (two_wg or k == ndir - 1)),
+                            num_barriers=stages)
               for k in range(ndir)],
     )
     if summary:
@@ -121,7 +136,7 @@ def _launch(u, delta, z, bc, params, summary_in, *, state, static, seg_len, n_se
         interpret=_interpreter() if static.interpret else None,
         **(dict(num_threads=2, thread_name="wg") if two_wg else {}),
     )
-    args = [u, delta] + ([z] if gate else []) + [bc, params]
+    args = [u] + ([] if delta is None else [delta]) + ([z] if gate else []) + [bc, params]
     args += [summary_in] if segmented and not summary else []
     return kernel(*args)
 
@@ -137,12 +152,13 @@ def _interpreter():
 def _kernel(*refs, static: Static, state, state_pad, tile, seg_len, n_seg, stages, summary, gate,
             two_wg, **smem):
     refs = list(refs)
-    u_g, d_g = refs.pop(0), refs.pop(0)
+    u_g = refs.pop(0)
+    d_g = None if static.prologue else refs.pop(0)
     z_g = refs.pop(0) if gate else None
     bc_g, p_g = refs.pop(0), refs.pop(0)
     sum_g = refs.pop(0) if n_seg > 1 and not summary else None
     (out_g,) = refs
-    length = u_g.shape[2]
+    length = u_g.shape[-2]
     seg = jax.lax.axis_index("seg") if n_seg > 1 else 0
     where = dict(b=jax.lax.axis_index("batch"), cols=pl.ds(jax.lax.axis_index("cblock") * W, W),
                  seg=seg, seg_start=seg * seg_len)
@@ -217,6 +233,8 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     A2 = [p_g[k, n, cols] for n in range(state)]
     D = p_g[k, state, cols]
     bias = p_g[k, state + 1, cols]
+    pro = None if static.prologue is None else conv_prologue.Prologue(
+        static.prologue, p_g, k, cols, first_row=state + 2, dt_col=2 * state_pad, fn=fn)
     tail_step = 0 if rev else n_tiles - 1  # the step (scan order) that meets the ragged tile
 
     def local_row(i):  # the tile's first row, counted from the segment's start
@@ -225,8 +243,11 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     def copy_in(i, slot, nrows):
         rows, dst = pl.ds(seg_start + local_row(i), nrows), pl.ds(0, nrows)
         bar = bars.at[slot]
-        plgpu.copy_gmem_to_smem(u_g.at[k, b, rows, cols], ring_of("u").at[slot, dst], bar)
-        plgpu.copy_gmem_to_smem(d_g.at[k, b, rows, cols], ring_of("d").at[slot, dst], bar)
+        # With the prologue the "u" ring holds x, which both directions read.
+        plgpu.copy_gmem_to_smem(u_g.at[b, rows, cols] if pro is not None else u_g.at[k, b, rows, cols],
+                                ring_of("u").at[slot, dst], bar)
+        if d_g is not None:
+            plgpu.copy_gmem_to_smem(d_g.at[k, b, rows, cols], ring_of("d").at[slot, dst], bar)
         if gate:
             plgpu.copy_gmem_to_smem(z_g.at[b, rows, cols], ring_of("z").at[slot, dst], bar)
         plgpu.copy_gmem_to_smem(bc_g.at[k, b, rows, :], ring_of("bc").at[slot, dst], bar)
@@ -251,16 +272,20 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
         plgpu.barrier_wait(bars.at[slot])
         if emit:  # the output slot's previous TMA store must have read it
             plgpu.wait_smem_to_gmem(stages - 1, wait_read_only=True)
-        u_s, d_s, bc_s = ring_of("u").at[slot], ring_of("d").at[slot], ring_of("bc").at[slot]
-        h, delta_sum = list(carry[0]), carry[1]
+        u_s, bc_s = ring_of("u").at[slot], ring_of("bc").at[slot]
+        d_s = None if pro is not None else ring_of("d").at[slot]
+        h, delta_sum, hist = list(carry[0]), carry[1], carry[2]
         row0 = local_row(i)
         bc_at = lambda j, col: bc_s[j, col]
         if bc_once:  # the ablation: the tile's first row of B and C, loaded once, serves all its tokens
             first = {col: bc_s[0, col] for n in range(state) for col in (n, state_pad + n)}
             bc_at = lambda j, col: first[col]
         for j in (range(nrows - 1, -1, -1) if rev else range(nrows)):
-            uu = u_s[j].astype(F32)
-            dt = d_s[j].astype(F32) + bias
+            if pro is None:
+                uu, raw = u_s[j].astype(F32), d_s[j].astype(F32)
+            else:
+                uu, raw, hist = pro.token(u_s[j].astype(F32), hist, lambda col: bc_s[j, col])
+            dt = raw + bias
             if static.delta_softplus:
                 dt = fn.softplus(dt)
             dtu = dt * uu
@@ -290,7 +315,7 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
             plgpu.copy_smem_to_gmem(ring_of("o").at[slot, pl.ds(0, nrows)],
                                     out_g.at[b, pl.ds(seg_start + row0, nrows), cols])
         fetch(i + stages, slot)
-        return tuple(h), delta_sum
+        return tuple(h), delta_sum, hist
 
     for i in range(stages):
         fetch(i, i)
@@ -298,6 +323,13 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     # carry's layout must not change).
     zero = D * 0.0
     h = _entry_state(k, rev, A2, state=state, n_seg=n_seg, b=b, cols=cols, seg=seg, sum_g=sum_g, zero=zero, fn=fn)
+    hist = ()  # the conv's last inputs in scan order
+    if pro is not None and n_seg == 1:
+        hist = pro.zero_history(zero)
+    elif pro is not None:  # the tokens before the segment's first in scan order
+        rows = (n_tiles - 1) * tile + tail
+        hist = pro.history(u_g, b, cols, seg_start + rows - 1 if rev else seg_start, -1 if rev else 1,
+                           u_g.shape[-2])
 
     def steps(lo, hi, carry, park):
         """Steps [lo, hi) in scan order, the ragged one peeled."""
@@ -308,13 +340,13 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
             carry = jax.lax.fori_loop(lo, end, lambda i, c: step(i, c, tile, park), carry)
         return step(n_tiles - 1, carry, tail, park) if end < hi else carry
 
-    carry = steps(0, park_steps, (h, zero), True)
+    carry = steps(0, park_steps, (h, zero, hist), True)
     if meet:  # at once with the other direction: its park must be complete
         plgpu.barrier_arrive(smem["meet"])
         plgpu.barrier_wait(smem["meet"])
     carry = steps(park_steps, n_tiles, carry, False)
     if summary:  # end state, then sum of delta, to the summary rows of this segment
-        h, delta_sum = carry
+        h, delta_sum, _ = carry
         out = smem["summ"].at[k]
         for n in range(state):
             out[n] = h[n]

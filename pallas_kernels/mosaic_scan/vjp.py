@@ -77,15 +77,21 @@ def _forward(u, delta, A, B, C, D, z, bias, static):
 
 
 def _two_launches(u, delta, A, B, C, D, z, bias, static):
-    def one(k):
+    def one(k, single):
         pick = lambda x: None if x is None else x[k:k + 1]
-        single = dataclasses.replace(static, revs=(static.revs[k],), scale=1.0, has_z=False, fused=True)
         return _forward(pick(u), pick(delta), pick(A), pick(B), pick(C), pick(D), None, pick(bias), single)
 
-    y = (one(0).astype(jnp.float32) + one(1).astype(jnp.float32)) * static.scale
+    return combine_directions(one, z, static, u.dtype)
+
+
+def combine_directions(one, z, static, dtype):
+    """`scale * (y_0 + y_1) * silu(z)` in `dtype` from `one(k, static_k)`, direction k's output of
+    a one-direction launch with settings `static_k` (no scale, no gate)."""
+    y = sum(one(k, dataclasses.replace(static, revs=(rev,), scale=1.0, has_z=False, fused=True)).astype(jnp.float32)
+            for k, rev in enumerate(static.revs)) * static.scale
     if z is not None:
         y = y * jax.nn.silu(z.astype(jnp.float32))
-    return y.astype(u.dtype)
+    return y.astype(dtype)
 
 
 def _through_backend(u, delta, A, B, C, D, z, bias, static):

@@ -42,14 +42,20 @@ def rel_err(x, ref):
 
 def oracle(inputs, reverse=False, bidirectional=False, out_scale=0.5, wrt=()):
     """Float64 values (and gradients of `sum(out * cotangent)` w.r.t. `wrt`) from the reference,
-    as numpy arrays. Every backend's tests ask for the same inputs, so each answer is computed once
-    per session (keyed by the inputs' bytes, not by who asks)."""
+    as numpy arrays."""
+    return float64_answer(inputs, ("selective_scan", reverse, bidirectional, out_scale, tuple(wrt)),
+                          lambda args: _evaluate(args, "reference", reverse, bidirectional, out_scale, wrt))
+
+
+def float64_answer(inputs, settings, evaluate):
+    """`evaluate(inputs as float64 arrays)` -> (out, gradients) as numpy arrays. Every backend's
+    tests ask for the same inputs, so each answer is computed once per session (keyed by the
+    inputs' bytes and the hashable `settings`, not by who asks)."""
     key = (tuple((k, v.shape, hashlib.sha256(np.ascontiguousarray(v)).hexdigest()) for k, v in sorted(inputs.items())),
-           reverse, bidirectional, out_scale, tuple(wrt))
+           settings)
     if key not in _ORACLE_ANSWERS:
         with jax.enable_x64(True):
-            args = {k: jnp.asarray(v, jnp.float64) for k, v in inputs.items()}
-            out, grads = _evaluate(args, "reference", reverse, bidirectional, out_scale, wrt)
+            out, grads = evaluate({k: jnp.asarray(v, jnp.float64) for k, v in inputs.items()})
             _ORACLE_ANSWERS[key] = np.asarray(out), {k: np.asarray(g) for k, g in grads.items()}
     return _ORACLE_ANSWERS[key]
 
@@ -58,18 +64,23 @@ _ORACLE_ANSWERS: dict = {}
 
 
 def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
-    def f(diff):
-        full = {**args, **diff}
+    def f(full):
         if bidirectional:
             return selective_scan_bidirectional(**full, out_scale=out_scale, backend=backend)
         return selective_scan(**full, reverse=reverse, backend=backend)
 
-    out = f({})
+    return value_and_grads(f, args, wrt)
+
+
+def value_and_grads(f, args, wrt):
+    """`f(args)`, and the gradients of `sum(f(args) * cotangent)` with respect to the arguments
+    named in `wrt` (a fixed random cotangent; bf16 outputs summed in float32)."""
+    out = f(args)
     if not wrt:
         return out, {}
     cot = jnp.asarray(np.random.default_rng(123).standard_normal(out.shape), out.dtype)
-    grads = jax.grad(lambda d: jnp.sum(f(d).astype(jnp.float32 if out.dtype == jnp.bfloat16 else out.dtype) * cot))(
-        {k: args[k] for k in wrt})
+    loss_dtype = jnp.float32 if out.dtype == jnp.bfloat16 else out.dtype
+    grads = jax.grad(lambda d: jnp.sum(f({**args, **d}).astype(loss_dtype) * cot))({k: args[k] for k in wrt})
     return out, grads
 
 

@@ -97,14 +97,20 @@ class VimMixer(nnx.Module):
         return out
 
 
-    def _project(self, u, own):
-        """x and dt projections -> delta, B, C: of direction `own` (an int) for `u: [b, L, E]`, or
+    def _x_proj(self, u, own):
+        """The x projection -> dt_low, B, C: of direction `own` (an int) for `u: [b, L, E]`, or
         of directions `own` (an index array) for `u` stacked as `[k, b, L, E]`."""
-        cfg, dtype = self.cfg, u.dtype
+        cfg = self.cfg
         n, r = cfg.d_state, cfg.dt_rank_
         spec = "k...e,ker->k...r" if np.ndim(own) else "...e,er->...r"
-        p = jnp.einsum(spec, u, self.x_proj[...][own].astype(dtype))
-        return jnp.einsum(spec, p[..., :r], self.dt_proj_kernel[...][own].astype(dtype)), p[..., r:r + n], p[..., r + n:]
+        p = jnp.einsum(spec, u, self.x_proj[...][own].astype(u.dtype))
+        return p[..., :r], p[..., r:r + n], p[..., r + n:]
+
+    def _project(self, u, own):
+        """x and dt projections -> delta, B, C (as `_x_proj`)."""
+        dt_low, B, C = self._x_proj(u, own)
+        spec = "k...r,kre->k...e" if np.ndim(own) else "...r,re->...e"
+        return jnp.einsum(spec, dt_low, self.dt_proj_kernel[...][own].astype(u.dtype)), B, C
 
     def _fused_bidirectional(self, x, z, orders, A, scale):
         """Both directions over the same tokens, one each way, in the fused bidirectional scan. Its
@@ -118,6 +124,13 @@ class VimMixer(nnx.Module):
             u = jnp.broadcast_to(u, (2, *u.shape))
         else:
             u = jax.nn.silu(depthwise_conv1d(x, w_conv[own], b_conv[own], tuple(orders[k][1] for k in idx)))
+        if cfg.fused_conv_scan and cfg.bimamba == "v2":
+            # The scan convolves x again itself; u here feeds only the x projection.
+            dt_low, B, C = self._x_proj(u, own)
+            return ops.conv_selective_scan_bidirectional(
+                x, w_conv[own], b_conv[own], dt_low, self.dt_proj_kernel[...][own], A[np.asarray(idx)], B, C,
+                D=self.D[...][own], z=z, delta_bias=self.dt_proj_bias[...][own], out_scale=scale,
+                backend=cfg.scan_backend)
         delta, B, C = self._project(u, own)
         return ops.selective_scan_bidirectional(
             u, delta, A[np.asarray(idx)], B, C, D=self.D[...][own], z=z,

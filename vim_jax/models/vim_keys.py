@@ -89,7 +89,7 @@ def official_cls_layout(keys) -> str:
 
 VIM_KEYS = CheckpointKeys(
     runtime_fields=COMMON_RUNTIME_FIELDS | {"scan_backend", "dt_min", "dt_max", "dt_init_floor", "dt_scale",
-                                            "fix_backward_dt_init", "unroll_blocks"},
+                                            "fix_backward_dt_init", "unroll_blocks", "fused_conv_scan"},
     cls_layout=lambda cfg: cfg.cls_token,
     describe=lambda cfg: f"bimamba={cfg.bimamba!r}",
     with_cls_layout=lambda cfg, layout: cfg.replace(cls_token=layout),

@@ -116,13 +116,13 @@ def _run(backend, entry: str, *args):
     raise NotImplementedError("no selective-scan backend could run: " + "; ".join(reasons))
 
 
-def _check(name, x, shape):
+def _check(name, x, shape, op="selective_scan"):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"selective_scan: {name} must be an array, got {type(x).__name__}")
+        raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"selective_scan: {name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+        raise ValueError(f"{op}: {name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"selective_scan: {name} must be floating point, got {x.dtype}")
+        raise TypeError(f"{op}: {name} must be floating point, got {x.dtype}")
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, lead=()):
@@ -130,21 +130,27 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, lead=()):
         raise ValueError(
             f"selective_scan: u must be {list(lead) + ['batch', 'length', 'channels']}, "
             f"got shape {getattr(u, 'shape', None)}")
-    batch, length, channels = u.shape[len(lead):]
-    if getattr(A, "ndim", None) != len(lead) + 2:
-        raise ValueError(f"selective_scan: A must be {list(lead) + ['channels', 'state']}, got shape {getattr(A, 'shape', None)}")
-    state = A.shape[-1]
+    _check("u", u, u.shape)
+    _check("delta", delta, u.shape)
+    validate_state_space(u.shape[len(lead):], A, B, C, D, z, delta_bias, lead)
+
+
+def validate_state_space(shape, A, B, C, D, z, delta_bias, lead=(), op="selective_scan"):
+    """Checks the scan's operands other than u and delta for inputs of `shape` = (batch, length,
+    channels), with a leading `lead` on all but z (shared by the directions)."""
+    batch, length, channels = shape
     lead = tuple(lead)
-    _check("u", u, lead + (batch, length, channels))
-    _check("delta", delta, lead + (batch, length, channels))
-    _check("A", A, lead + (channels, state))
-    _check("B", B, lead + (batch, length, state))
-    _check("C", C, lead + (batch, length, state))
+    if getattr(A, "ndim", None) != len(lead) + 2:
+        raise ValueError(f"{op}: A must be {list(lead) + ['channels', 'state']}, got shape {getattr(A, 'shape', None)}")
+    state = A.shape[-1]
+    _check("A", A, lead + (channels, state), op)
+    _check("B", B, lead + (batch, length, state), op)
+    _check("C", C, lead + (batch, length, state), op)
     for name, x in (("D", D), ("delta_bias", delta_bias)):
         if x is not None:
-            _check(name, x, lead + (channels,))
+            _check(name, x, lead + (channels,), op)
     if z is not None:
-        _check("z", z, (batch, length, channels))
+        _check("z", z, (batch, length, channels), op)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
@@ -183,9 +189,7 @@ def selective_scan_bidirectional(u, delta, A, B, C, D=None, z=None, delta_bias=N
     `[batch, length, channels]` and gates both. Backends with a fused kernel run it in one launch;
     the others run `selective_scan` twice.
     """
-    _validate(u, delta, A, B, C, D, None, delta_bias, lead=(2,))
-    if z is not None:
-        _check("z", z, u.shape[1:])
+    _validate(u, delta, A, B, C, D, z, delta_bias, lead=(2,))
     reasons = []
     for name in candidate_backends(backend):
         try:

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vim_jax.models import layers
-from vim_jax.models.layers import depthwise_conv1d
+from vim_jax.ops import depthwise_conv
+from vim_jax.ops.depthwise_conv import depthwise_conv1d
 
 # The longest sequence of the banded form, and 0: every sequence takes the shifted sum.
-FORMS = {"banded": layers.BANDED_CONV_MAX_LENGTH, "shifted": 0}
+FORMS = {"banded": depthwise_conv.BANDED_CONV_MAX_LENGTH, "shifted": 0}
 
 
 def naive_conv(x, kernel, bias, reverse):
@@ -28,7 +28,7 @@ def naive_conv(x, kernel, bias, reverse):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("width", [1, 4])
 def test_matches_naive_conv_one_and_stacked(width, form, monkeypatch):
-    monkeypatch.setattr(layers, "BANDED_CONV_MAX_LENGTH", FORMS[form])
+    monkeypatch.setattr(depthwise_conv, "BANDED_CONV_MAX_LENGTH", FORMS[form])
     rng = np.random.default_rng(width)
     x = rng.normal(size=(2, 7, 5)).astype(np.float32)
     kernels = rng.normal(size=(3, width, 5)).astype(np.float32)
@@ -55,6 +55,6 @@ def test_banded_and_shifted_forms_have_the_same_gradients(monkeypatch):
         return jax.grad(loss, argnums=(0, 1, 2))(x, kernel, bias)
 
     banded = grads()
-    monkeypatch.setattr(layers, "BANDED_CONV_MAX_LENGTH", 0)
+    monkeypatch.setattr(depthwise_conv, "BANDED_CONV_MAX_LENGTH", 0)
     for a, b in zip(banded, grads()):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
