@@ -82,8 +82,9 @@ def plan(args) -> list[list[Job]]:
     """
     scan = (("scan_backend", args.scan_backend),) if args.scan_backend else ()
     unroll = (("unroll_blocks", True),) if args.unroll_blocks else ()
+    fused = (("fused_conv_scan", True),) if args.fused_conv_scan else ()
     tiny = args.smoke
-    vim_cfg = scan + unroll + ((("embed_dim", 32), ("depth", 2), ("d_state", 4)) if tiny else ())
+    vim_cfg = scan + unroll + fused + ((("embed_dim", 32), ("depth", 2), ("d_state", 4)) if tiny else ())
     deit_cfg = unroll + ((("embed_dim", 32), ("depth", 2), ("num_heads", 2)) if tiny else ())
     resolutions, batch = ((32,), 2) if tiny else (HIGHRES, 8)
     families = [("Vim-Ti", "vim_tiny", vim_cfg), ("DeiT-Ti flash", "deit_tiny", deit_cfg + (("attention", "flash"),)),
@@ -415,6 +416,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scan-backend", default=None, help="Vim's selective-scan backend (default: the op's choice)")
     p.add_argument("--unroll-blocks", action="store_true",
                    help="both families with their blocks unrolled instead of a scan over layers")
+    p.add_argument("--fused-conv-scan", action="store_true",
+                   help="Vim with VimConfig.fused_conv_scan (the conv prologue inside the scan's forward)")
     p.add_argument("--target-s", type=float, default=1.0, help="seconds of timed repeats per measurement")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="groups not started by then are skipped (reported); a running group gets 60 s more")
