@@ -69,6 +69,18 @@ class TestMosaicConvScan(ConvScanTestBase):
         assert bool(self.calls["backward"]) == asked, "the Mosaic backward ran iff gradients were asked for"
 
 
+def _on_hopper() -> bool:
+    return jax.default_backend() == "gpu" and str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9.")
+
+
+@pytest.mark.skipif(not _on_hopper(), reason="the compiled kernels need a Hopper GPU (the interpreted ones run above)")
+class TestMosaicConvScanOnHopper(TestMosaicConvScan):
+    """The same base through the compiled kernels, on a Hopper GPU: the float64 check of the
+    prologue kernel on the device (`pytest tests/ops/test_conv_selective_scan.py -k Hopper`)."""
+
+    backend = ms.MosaicScan(ms.MosaicScanConfig(tile=4, bwd_min_ctas=0))
+
+
 def _mosaic_values(inputs, backend, reverse=False, bidirectional=False):
     ref, _ = conv_oracle(inputs, reverse, bidirectional)
     out, _ = evaluate({k: jnp.asarray(v, jnp.float32) for k, v in inputs.items()}, backend, reverse, bidirectional)
