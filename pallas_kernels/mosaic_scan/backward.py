@@ -181,7 +181,7 @@ class _Lanes:
         self.D = p_g[self.k, state, self.cols]
         self.bias = p_g[self.k, state + 1, self.cols]
         self.zero = self.D * 0.0  # a zero vector in the layout of the loaded rows (a constant would be a splat)
-        self.fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp", poly_states=static.cfg.poly_exp_states)
+        self.fn = scan_math.Funcs.of(static.cfg)
         self.stage = None  # B and C read from global memory (see `stage_from`)
         # The "bc_once" ablation: the first token's B and C, loaded once, serve every token.
         self.bc_first = None

@@ -225,7 +225,7 @@ def _direction(k, rev, park_steps, *, static, state, state_pad, tile, stages, n_
     there are two). The ragged tile (the last in token order) is peeled off the loop with its
     static row count."""
     ndir = len(static.revs)
-    fn = scan_math.Funcs(no_exp=static.cfg.ablation == "no_exp", poly_states=static.cfg.poly_exp_states)
+    fn = scan_math.Funcs.of(static.cfg)
     bc_once = static.cfg.ablation == "bc_once"
     gate = gate and (meet or park_steps < n_tiles)  # z copied (as the slot barriers count it)
     bars = smem["bars"][k]

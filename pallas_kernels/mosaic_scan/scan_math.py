@@ -32,6 +32,11 @@ class Funcs:
     no_exp: bool = False
     poly_states: int = 0
 
+    @classmethod
+    def of(cls, cfg) -> "Funcs":
+        """The special functions a `MosaicScanConfig` asks for."""
+        return cls(no_exp=cfg.ablation == "no_exp", poly_states=cfg.poly_exp_states)
+
     def decay(self, x, n):
         """exp2(x) for state n's decay: computed on the FMA units (`exp2_fma`) for the first
         `poly_states` states, on the special-function units' `ex2` for the others."""
