@@ -72,6 +72,24 @@ def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
     return value_and_grads(f, args, wrt)
 
 
+def matmul_precisions(f, *args):
+    """The precision of every matmul (`dot_general`) in the gradient of `sum(f(*args))`, i.e. in
+    f's forward and its VJP, nested jaxprs included. On a GPU, DEFAULT runs float32 matmuls in
+    TF32 (10 mantissa bits), which the CPU this test runs on never shows in values."""
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn.params["precision"]
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from walk(inner)
+
+    loss = lambda *a: jnp.sum(f(*a))
+    return list(walk(jax.make_jaxpr(jax.grad(loss, argnums=tuple(range(len(args)))))(*args).jaxpr))
+
+
 def value_and_grads(f, args, wrt):
     """`f(args)`, and the gradients of `sum(f(args) * cotangent)` with respect to the arguments
     named in `wrt` (a fixed random cotangent; bf16 outputs summed in float32)."""

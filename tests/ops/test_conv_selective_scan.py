@@ -16,7 +16,7 @@ import pallas_kernels.mosaic_scan as ms
 from pallas_kernels.mosaic_scan import backward, conv_vjp, forward
 from tests.ops.conv_scan_test_base import (CONV_ARG_NAMES, SLOW, ConvScanTestBase, conv_oracle, evaluate,
                                           random_conv_scan_inputs)
-from tests.ops.scan_test_base import rel_err
+from tests.ops.scan_test_base import matmul_precisions, rel_err
 from vim_jax import ops
 from vim_jax.ops import conv_selective_scan, conv_selective_scan_bidirectional
 
@@ -207,3 +207,16 @@ def test_ops_modules_import_nothing_from_models():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.startswith("vim_jax.models")], path.name
+
+
+@pytest.mark.parametrize("length", [5, 40])  # the banded conv's form and the shifted sum's
+def test_the_recomputed_prologue_multiplies_in_full_float32(length):
+    """`conv_prologue`, which the Mosaic backward recomputes u and delta with, asks for HIGHEST
+    precision in every matmul: the forward kernel computes delta in float32 on the CUDA cores,
+    and at a GPU's default precision (TF32) the float32 gradients were 3e-4 off float64 (H200)."""
+    args = {k: jnp.asarray(v, jnp.float32) for k, v in random_conv_scan_inputs(75, 1, length, 3, 2, 2, lead=(2,)).items()}
+    names = ("x", "conv_w", "conv_b", "dt_low", "dt_w")
+    f = lambda *a: jnp.stack(ops.conv_prologue(*a, (False, True)))
+    precisions = matmul_precisions(f, *(args[k] for k in names))
+    assert len(precisions) >= 3
+    assert all(p == (jax.lax.Precision.HIGHEST,) * 2 for p in precisions), precisions

@@ -58,3 +58,14 @@ def test_banded_and_shifted_forms_have_the_same_gradients(monkeypatch):
     monkeypatch.setattr(depthwise_conv, "BANDED_CONV_MAX_LENGTH", 0)
     for a, b in zip(banded, grads()):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_banded_form_multiplies_in_full_float32():
+    """The banded matmul and its gradient's two ask for HIGHEST precision, as the shifted sum's
+    products are exact (a GPU's default float32 matmul is TF32)."""
+    from tests.ops.scan_test_base import matmul_precisions
+
+    x, kernel, bias = jnp.ones((1, 9, 5)), jnp.ones((2, 4, 5)), jnp.ones((2, 5))
+    precisions = matmul_precisions(lambda *a: depthwise_conv1d(*a, (False, True)), x, kernel, bias)
+    assert len(precisions) >= 2
+    assert all(p == (jax.lax.Precision.HIGHEST,) * 2 for p in precisions), precisions

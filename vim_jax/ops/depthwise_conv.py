@@ -45,7 +45,9 @@ def depthwise_conv1d(x, kernel, bias, reverse):
         offset = np.arange(length)[None, :] - np.arange(length)[:, None] + left
         inside = (offset >= 0) & (offset < taps)
         band = per_offset[:, np.clip(offset, 0, taps - 1)] * jnp.asarray(inside, x.dtype)[None, :, :, None]
-        y = jnp.einsum("ktsc,bsc->kbtc", band, x) + biases
+        # HIGHEST: the shifted sum's products are exact in float32, and a GPU's default float32
+        # matmul (TF32) rounds x and the taps to 10 mantissa bits.
+        y = jnp.einsum("ktsc,bsc->kbtc", band, x, precision=jax.lax.Precision.HIGHEST) + biases
     else:
         xp = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
         shifted = [jax.lax.slice_in_dim(xp, i, i + length, axis=1).astype(jnp.float32) for i in range(taps)]
