@@ -50,10 +50,14 @@ class MosaicScanConfig:
     bwd_stage_bc: the backward stages each chunk's rows of B and C in shared memory, one
       coalesced load of one element per thread, and reads them from there, instead of loading
       every B_t and C_t as a scalar from global memory (5 N loads per token and thread over its
-      passes). Needs `bwd_chunk * 2 * state_pad` to be a multiple of 128 (else off).
+      passes). Needs `bwd_chunk * 2 * state_pad` to be a multiple of 128 (else off). Measured
+      10-11% off the backward at (128, 197, 768) and (8, 6085, 384), one direction (H200,
+      `experiments/results/bench_scan_h200_campaign5_options.md`): on by default.
     bwd_keep_decays: the backward keeps each chunk's decays `exp2(delta A)` in registers from
       the chunk's recompute to its adjoint (16 x bwd_chunk more per thread at N = 16) instead of
-      computing them again: one of its three passes of exponentials.
+      computing them again: one of its three passes of exponentials. Measured within noise of
+      off (-2% to +2% of the backward, same file), so off: the exponentials are not what bounds
+      the backward (`ablation="no_exp"` saved 8-15% of it).
     bwd_min_ctas: fewest CTAs (directions x batch x channel blocks) for which the Mosaic backward
       runs (segments counted); below, the fallback's backward does. One CTA scans a whole
       segment, so few CTAs over long sequences leave most SMs idle, where the Triton kernels
@@ -71,7 +75,9 @@ class MosaicScanConfig:
     poly_exp_states: of the N decays `exp2(delta A_n)` per token and thread, how many run as a
       polynomial on the FMA units (`scan_math.exp2_fma`, as accurate as `ex2.approx`) instead of
       on the special-function units, whose `ex2` rate bounds an exponential-bound kernel: a share
-      moved balances the two pipes (0: all on the special-function units).
+      moved balances the two pipes (0: all on the special-function units). 4 states made the
+      forward 8% (197 tokens) and 32% (6085) slower and the backward 1-5% faster (same file):
+      the forward is not bound by the special-function units.
     ablation: timing only, wrong values: "" (off) or one part of the work taken out, to measure
       what bounds the kernels by how much each removal moves the time. "no_exp": every special
       function (`exp2`, and the `exp`/`log` of softplus, SiLU and the sigmoid) becomes a
@@ -88,7 +94,7 @@ class MosaicScanConfig:
     bwd_segments: int = 0
     bwd_chunk: int = 4
     ckpt_chunks: int = 1
-    bwd_stage_bc: bool = False
+    bwd_stage_bc: bool = True
     bwd_keep_decays: bool = False
     bwd_min_ctas: int = 128
     two_warpgroups: bool = False

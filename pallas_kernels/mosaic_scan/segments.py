@@ -4,7 +4,8 @@ One CTA scans one batch row x 128 channels, so a call of few rows (8 images of 6
 CTAs for 132 multiprocessors) leaves most of the GPU idle. Cutting the sequence into S segments
 gives S times the CTAs for a second pass of exponentials (`forward.py`: a summary pass, then
 the output pass), which pays only while the GPU is not full: a call that already has
-`ctas_per_sm` CTAs per multiprocessor keeps one segment.
+`ctas_per_sm` CTAs per multiprocessor keeps one segment, and the others take the count whose
+waves end together (`count`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,22 @@ def segment_len(length: int, n_seg: int, tile: int) -> int:
 
 
 def count(length: int, ctas: int, cfg: MosaicScanConfig) -> int:
-    """Segments for a call of `ctas` CTAs before cutting: enough for `cfg.ctas_per_sm` CTAs per
-    multiprocessor, none shorter than `cfg.min_segment` tokens, one if the GPU is full already."""
-    target = cfg.ctas_per_sm * availability.multiprocessor_count()
-    return 1 if ctas >= target else max(1, min(-(-target // ctas), length // cfg.min_segment))
+    """Segments for a call of `ctas` CTAs before cutting; one if the GPU is full already.
+
+    One wave of `cfg.ctas_per_sm` CTAs per multiprocessor runs at once, and each CTA scans its
+    segment token after token, so a call takes about (waves) x (tokens per segment): the count
+    that minimises that product (fewest on ties), none shorter than `cfg.min_segment` tokens.
+    Rounding up to one wave's worth instead left a second, short-handed wave as long as the
+    first: both directions' backward at (8, 6085, 384), 48 CTAs in 6 segments (288 CTAs for 264
+    slots), took 4.1 ms, one direction in 6 segments 1.9 and in 11 or 22 1.0 (H200,
+    `experiments/results/bench_scan_h200{,_campaign5_options}.md`).
+    """
+    slots = cfg.ctas_per_sm * availability.multiprocessor_count()
+    if ctas >= slots:
+        return 1
+    most = min(max(1, length // cfg.min_segment), 4 * -(-slots // ctas))
+    critical_path = lambda n: -(-ctas * n // slots) * -(-length // n)
+    return min(range(1, most + 1), key=lambda n: (critical_path(n), n))
 
 
 def plan(length: int, batch: int, channels: int, ndir: int, cfg: MosaicScanConfig,
