@@ -4,10 +4,11 @@
 #     OUT=/tmp/gpu bash experiments/gpu_suite.sh scan models224 highres vim_vs_deit
 #
 # Stages: scan (bench_scan.py: the Mosaic kernels checked against float64, then timed beside the
-# Triton ones at every shape: about 9 minutes), scan_bound (the Mosaic kernels with one part of
-# their work taken out at a time, against the default: about 6 minutes), scan_next (options
-# built since the last GPU run, checked and timed beside the default, and the backward's segment
-# count: about 7 minutes), models224 / highres (bench_models.py sections), profile (profile_model.py:
+# Triton ones at every shape: 7.3 minutes on an H200), scan_bound (the Mosaic kernels with one part
+# of their work taken out at a time, against the default: 2.6 minutes), scan_next (the kernels'
+# latest default changes timed against the settings they replaced: B/C staged in the backward, the
+# segment count of both directions' backward at 6085 tokens), scan_ncu (profile_scan_kernels.py under Nsight Compute: the Mosaic kernels'
+# stall reasons, occupancy and pipe use at NCU_SHAPES, default 128,197,768), models224 / highres (bench_models.py sections), profile (profile_model.py:
 # Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
 # Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), segment (segment_vim_vs_deit.py:
@@ -49,18 +50,19 @@ for stage in "$@"; do
         --inner 5 --backends mosaic,mosaic:ablation=no_exp,mosaic:ablation=bc_once --shapes 0 --dirs fused \
         2>&1 | grep "^time " | cut -c1-200
       ;;
-    scan_next)  # options built but not yet run on a GPU: checked against float64, then timed beside the default
+    scan_next)  # this campaign's default changes against the settings they replaced, in one run
       mkdir -p "$OUT/scan_next"
-      new=mosaic:bwd_stage_bc=true:bwd_keep_decays=true:poly_exp_states=4  # all at once: one set of checks
-      python3 experiments/bench_scan.py --out "$OUT/scan_next" --backends $new --check-backends $new --checks quick \
-        --check-shapes-json '[[2,33,200,13]]' --shapes 0,2 --skip-timings 2>&1 | grep "^check " | cut -c1-200
+      python3 experiments/bench_scan.py --out "$OUT/scan_next" --checks none --variant-bwd --reps 10 --inner 5 \
+        --backends mosaic,mosaic:bwd_stage_bc=false --shapes 0,2 --dirs one,fused 2>&1 | grep "^time " | cut -c1-200
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
-        --inner 5 --shapes 0,2 --dirs one \
-        --backends mosaic,mosaic:bwd_stage_bc=true,mosaic:bwd_keep_decays=true,mosaic:poly_exp_states=4,$new \
-        2>&1 | grep "^time " | cut -c1-200
-      python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
-        --inner 5 --backends mosaic:bwd_segments=6,mosaic:bwd_segments=22 --shapes 2 --dirs one \
-        2>&1 | grep "^time " | cut -c1-200 ;;
+        --inner 5 --backends mosaic:bwd_segments=6 --shapes 2 --dirs fused 2>&1 | grep "^time " | cut -c1-200 ;;
+    scan_ncu)  # hardware counters of the Mosaic kernels: stall reasons, occupancy, pipe use (one call each)
+      ncu --clock-control none --profile-from-start off --csv --page details --section LaunchStats \
+        --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis python3 experiments/profile_scan_kernels.py --shapes "${NCU_SHAPES:-128,197,768}" \
+        --dirs one > "$OUT/scan_ncu.csv" 2> "$OUT/scan_ncu.log"; echo "ncu rc $?"; tail -5 "$OUT/scan_ncu.log"
+      grep -E '"(Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Block Limit Shared Mem|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued Instruction)"' \
+        "$OUT/scan_ncu.csv" | cut -c1-220 ;;
     models224)
       python3 experiments/bench_models.py --sections 224 --budget-s "${BUDGET_S:-240}" \
         --results-dir "$OUT" 2>&1 | tail -60 ;;
