@@ -7,7 +7,8 @@
 # Triton ones at every shape: 7.3 minutes on an H200), scan_bound (the Mosaic kernels with one part
 # of their work taken out at a time, against the default: 2.6 minutes), scan_next (the kernels'
 # latest default changes timed against the settings they replaced: B/C staged in the backward, the
-# segment count of both directions' backward at 6085 tokens), scan_ncu (profile_scan_kernels.py under Nsight Compute: the Mosaic kernels'
+# segment count of both directions' backward at 6085 tokens; and chunks of 8 tokens, half the
+# channel-sum barriers per token), scan_ncu (profile_scan_kernels.py under Nsight Compute: the Mosaic kernels'
 # stall reasons, occupancy and pipe use at NCU_SHAPES, default 128,197,768), models224 / highres (bench_models.py sections), profile (profile_model.py:
 # Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
@@ -53,7 +54,7 @@ for stage in "$@"; do
     scan_next)  # this campaign's default changes against the settings they replaced, in one run
       mkdir -p "$OUT/scan_next"
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --checks none --variant-bwd --reps 10 --inner 5 \
-        --backends mosaic,mosaic:bwd_stage_bc=false --shapes 0,2 --dirs one,fused 2>&1 | grep "^time " | cut -c1-200
+        --backends mosaic,mosaic:bwd_stage_bc=false,mosaic:bwd_chunk=8 --shapes 0,2 --dirs one,fused 2>&1 | grep "^time " | cut -c1-200
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --backends mosaic:bwd_segments=6 --shapes 2 --dirs fused 2>&1 | grep "^time " | cut -c1-200 ;;
     scan_ncu)  # hardware counters of the Mosaic kernels: stall reasons, occupancy, pipe use (one call each)
