@@ -9,26 +9,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("tensorflow_datasets")
+from tests.lazy_import import LazyModule, skip_module_without
 
-from vim_jax.data import ade20k, seg_transforms  # noqa: E402
+skip_module_without("tensorflow_datasets")
+
+from vim_jax.data import seg_transforms  # noqa: E402
 from vim_jax.data.ade20k_classes import CLASS_NAMES  # noqa: E402
-from vim_jax.data.fake_ade20k import FakeAde20kSpec, main, write_fake_ade20k  # noqa: E402
 
-SPEC = FakeAde20kSpec(num_train=5, num_val=3, seed=1)
+ade20k = LazyModule("vim_jax.data.ade20k")
+fake_ade20k = LazyModule("vim_jax.data.fake_ade20k")  # imports ade20k
+NUM_TRAIN, NUM_VAL = 5, 3
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """(data_dir, label maps written per split and file name)."""
     root = tmp_path_factory.mktemp("fake_ade20k")
-    written = write_fake_ade20k(root / "manual", SPEC)
+    spec = fake_ade20k.FakeAde20kSpec(num_train=NUM_TRAIN, num_val=NUM_VAL, seed=1)
+    written = fake_ade20k.write_fake_ade20k(root / "manual", spec)
     ade20k.prepare_ade20k(root / "data", root / "manual")
     return root / "data", written
 
 
 def test_fake_archive_has_the_official_layout(tmp_path):
-    written = write_fake_ade20k(tmp_path, FakeAde20kSpec(num_train=2, num_val=1))
+    written = fake_ade20k.write_fake_ade20k(tmp_path, fake_ade20k.FakeAde20kSpec(num_train=2, num_val=1))
     with zipfile.ZipFile(tmp_path / "ADEChallengeData2016.zip") as archive:
         names = set(archive.namelist())
         for stem, subset in [("ADE_train_00000001", "training"), ("ADE_train_00000002", "training"),
@@ -43,8 +47,8 @@ def test_fake_archive_has_the_official_layout(tmp_path):
 
 
 def test_fake_archive_is_reproducible_and_the_cli_writes_it(tmp_path):
-    main([str(tmp_path / "a"), "--train", "2", "--val", "1", "--seed", "3"])
-    write_fake_ade20k(tmp_path / "b", FakeAde20kSpec(num_train=2, num_val=1, seed=3))
+    fake_ade20k.main([str(tmp_path / "a"), "--train", "2", "--val", "1", "--seed", "3"])
+    fake_ade20k.write_fake_ade20k(tmp_path / "b", fake_ade20k.FakeAde20kSpec(num_train=2, num_val=1, seed=3))
     assert (tmp_path / "a" / ade20k.ARCHIVE).read_bytes() == (tmp_path / "b" / ade20k.ARCHIVE).read_bytes()
 
 
@@ -60,8 +64,8 @@ def test_tfds_prepares_both_splits_with_the_archives_labels(prepared):
     data_dir, written = prepared
     builder = ade20k.ade20k_builder(data_dir)
     assert builder.name == "ade20k_scene_parsing"
-    assert builder.info.splits["train"].num_examples == SPEC.num_train
-    assert builder.info.splits["validation"].num_examples == SPEC.num_val
+    assert builder.info.splits["train"].num_examples == NUM_TRAIN
+    assert builder.info.splits["validation"].num_examples == NUM_VAL
     for split in ("train", "validation"):
         source = ade20k.Ade20k(split, data_dir)
         assert len(source) == len(written[split])

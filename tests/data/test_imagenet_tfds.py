@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("tensorflow_datasets")
+from tests.lazy_import import LazyModule, skip_module_without
+
+skip_module_without("tensorflow_datasets")
 
 from tests.data.conftest import FAKE_SPEC  # noqa: E402
 from tests.data.resume_checks import assert_resumes_with_identical_batches  # noqa: E402
-from vim_jax.data import imagenet  # noqa: E402
 from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vim_jax.data.device_ops import normalize  # noqa: E402
 from vim_jax.data.fake_imagenet import TRAIN_TAR, VAL_TAR, FakeImageNetSpec, main, write_fake_imagenet  # noqa: E402
 from vim_jax.data.imagenet_labels import tfds_synsets, tfds_validation_synsets  # noqa: E402
 from vim_jax.data.pil_transforms import eval_transform_pil  # noqa: E402
 
+imagenet = LazyModule("vim_jax.data.imagenet")
 NUM_TRAIN = FAKE_SPEC.num_classes * FAKE_SPEC.train_per_class
 
 

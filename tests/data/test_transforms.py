@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-tf = pytest.importorskip("tensorflow")
+from tests.lazy_import import LazyModule, skip_module_without
 
-from vim_jax.data import rand_augment as ra  # noqa: E402
-from vim_jax.data import transforms as T  # noqa: E402
+skip_module_without("tensorflow")
+
 from vim_jax.data.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from vim_jax.data.device_ops import normalize  # noqa: E402
 from vim_jax.data.fake_imagenet import FakeImageNetSpec, fake_jpeg  # noqa: E402
 from vim_jax.data.pil_transforms import eval_transform_pil  # noqa: E402
 
+tf = LazyModule("tensorflow")
+ra = LazyModule("vim_jax.data.rand_augment")
+T = LazyModule("vim_jax.data.transforms")
 FILL = (124, 116, 104)
 
 
@@ -123,22 +126,23 @@ def _close(ours, reference, tolerance=1, fraction=1.0):
     assert np.abs(ours - reference).max() <= tolerance and differs.mean() <= fraction
 
 
-PIL_OPS = [  # (our op, argument, the PIL call timm makes)
-    (ra.auto_contrast, None, ImageOps.autocontrast),
-    (ra.equalize, None, ImageOps.equalize),
-    (ra.invert, None, ImageOps.invert),
-    (ra.posterize, 1, lambda im: ImageOps.posterize(im, 1)),
-    (ra.posterize, 3, lambda im: ImageOps.posterize(im, 3)),
-    (ra.solarize, 26, lambda im: ImageOps.solarize(im, 26)),
-    (ra.contrast, 1.7, lambda im: ImageEnhance.Contrast(im).enhance(1.7)),
-    (ra.brightness, 0.3, lambda im: ImageEnhance.Brightness(im).enhance(0.3)),
-    (ra.sharpness, 1.8, lambda im: ImageEnhance.Sharpness(im).enhance(1.8)),
-    (ra.sharpness, 0.2, lambda im: ImageEnhance.Sharpness(im).enhance(0.2)),
+PIL_OPS = [  # (our op in rand_augment, argument, the PIL call timm makes)
+    ("auto_contrast", None, ImageOps.autocontrast),
+    ("equalize", None, ImageOps.equalize),
+    ("invert", None, ImageOps.invert),
+    ("posterize", 1, lambda im: ImageOps.posterize(im, 1)),
+    ("posterize", 3, lambda im: ImageOps.posterize(im, 3)),
+    ("solarize", 26, lambda im: ImageOps.solarize(im, 26)),
+    ("contrast", 1.7, lambda im: ImageEnhance.Contrast(im).enhance(1.7)),
+    ("brightness", 0.3, lambda im: ImageEnhance.Brightness(im).enhance(0.3)),
+    ("sharpness", 1.8, lambda im: ImageEnhance.Sharpness(im).enhance(1.8)),
+    ("sharpness", 0.2, lambda im: ImageEnhance.Sharpness(im).enhance(0.2)),
 ]
 
 
 @pytest.mark.parametrize("op,arg,pil_op", PIL_OPS, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_pixel_ops_equal_pil(photo, op, arg, pil_op):
+    op = getattr(ra, op)
     ours = op(tf.constant(photo)) if arg is None else op(tf.constant(photo), arg)
     assert ours.dtype == tf.uint8
     np.testing.assert_array_equal(ours.numpy(), np.asarray(pil_op(Image.fromarray(photo))))
@@ -158,18 +162,19 @@ def test_posterize_zero_bits_is_black_and_solarize_add(photo):
     np.testing.assert_array_equal(out[~low], photo[~low])
 
 
-AFFINE = [  # (our op, argument, PIL affine matrix or rotation)
-    (ra.rotate, 27.0, "rotate"),
-    (ra.rotate, -13.0, "rotate"),
-    (ra.shear_x, 0.27, (1, 0.27, 0, 0, 1, 0)),
-    (ra.shear_y, -0.2, (1, 0, 0, -0.2, 1, 0)),
-    (ra.translate_x_rel, 0.4, "tx"),
-    (ra.translate_y_rel, -0.3, "ty"),
+AFFINE = [  # (our op in rand_augment, argument, PIL affine matrix or rotation)
+    ("rotate", 27.0, "rotate"),
+    ("rotate", -13.0, "rotate"),
+    ("shear_x", 0.27, (1, 0.27, 0, 0, 1, 0)),
+    ("shear_y", -0.2, (1, 0, 0, -0.2, 1, 0)),
+    ("translate_x_rel", 0.4, "tx"),
+    ("translate_y_rel", -0.3, "ty"),
 ]
 
 
 @pytest.mark.parametrize("op,arg,matrix", AFFINE, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_geometric_ops_match_pil_bilinear(photo, op, arg, matrix):
+    op = getattr(ra, op)
     pil = Image.fromarray(photo)
     kwargs = dict(resample=Image.BILINEAR, fillcolor=FILL)
     if matrix == "rotate":

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("tensorflow_datasets")
+from tests.lazy_import import LazyModule, skip_module_without
+
+skip_module_without("tensorflow_datasets")
 pytestmark = pytest.mark.slow  # TFDS preparation and compiling a segmentor's steps
 
 from tests.train.helpers import REPO, checkpoint_steps, losses  # noqa: E402
-from vim_jax.data.fake_ade20k import FakeAde20kSpec, write_fake_ade20k  # noqa: E402
 from vim_jax.train.config_file import load_config  # noqa: E402
 from vim_jax.train.metrics import read_metrics  # noqa: E402
 from vim_jax.train.train import train  # noqa: E402
 
+fake_ade20k = LazyModule("vim_jax.data.fake_ade20k")  # imports TFDS
 ADE20K = f"{REPO / 'experiments' / 'configs' / 'ade20k_upernet.py'}:tiny"
 
 
 def test_ade20k_recipe_trains_and_evaluates_on_a_fake_archive(tmp_path):
-    write_fake_ade20k(tmp_path / "manual", FakeAde20kSpec(num_train=6, num_val=3, seed=2))
+    fake_ade20k.write_fake_ade20k(tmp_path / "manual", fake_ade20k.FakeAde20kSpec(num_train=6, num_val=3, seed=2))
     config = load_config(ADE20K)
     assert config.optim.layer_decay == 0.92 and config.optim.schedule == "poly"
     # The recipe at a tiny scale: the test segmentor over ADE20K's 150 classes, 32 px crops.

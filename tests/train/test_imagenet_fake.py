@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-pytest.importorskip("tensorflow_datasets")
+from tests.lazy_import import skip_module_without  # noqa: E402
+
+skip_module_without("tensorflow_datasets")
 pytestmark = pytest.mark.slow  # TFDS preparation, the tf.data pipeline and three trainer runs
 
 import vim_jax  # noqa: E402
