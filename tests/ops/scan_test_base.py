@@ -72,22 +72,24 @@ def _evaluate(args, backend, reverse, bidirectional, out_scale, wrt):
     return value_and_grads(f, args, wrt)
 
 
+def equations(jaxpr):
+    """Every equation of a jaxpr and of every jaxpr nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from equations(inner)
+
+
 def matmul_precisions(f, *args):
     """The precision of every matmul (`dot_general`) in the gradient of `sum(f(*args))`, i.e. in
     f's forward and its VJP, nested jaxprs included. On a GPU, DEFAULT runs float32 matmuls in
     TF32 (10 mantissa bits), which the CPU this test runs on never shows in values."""
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                yield eqn.params["precision"]
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, (tuple, list)) else (param,):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if hasattr(inner, "eqns"):
-                        yield from walk(inner)
-
     loss = lambda *a: jnp.sum(f(*a))
-    return list(walk(jax.make_jaxpr(jax.grad(loss, argnums=tuple(range(len(args)))))(*args).jaxpr))
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=tuple(range(len(args)))))(*args).jaxpr
+    return [eqn.params["precision"] for eqn in equations(jaxpr) if eqn.primitive.name == "dot_general"]
 
 
 def value_and_grads(f, args, wrt):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pallas_kernels.mosaic_scan as ms
-from tests.ops.scan_test_base import (ARG_NAMES, SelectiveScanTestBase, _evaluate, oracle,
+from tests.ops.scan_test_base import (ARG_NAMES, SelectiveScanTestBase, _evaluate, equations, oracle,
                                      random_scan_inputs, rel_err)
 from vim_jax.ops import selective_scan, selective_scan_bidirectional
 
@@ -141,15 +141,7 @@ def _exp2_count(inputs, backend, bidirectional):
 
 def _primitive_count(jaxpr, name):
     """Occurrences of primitive `name` in a jaxpr and every jaxpr nested in its equations."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += eqn.primitive.name == name
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (list, tuple)) else [param]:
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    total += _primitive_count(inner, name)
-    return total
+    return sum(eqn.primitive.name == name for eqn in equations(jaxpr))
 
 
 @SLOW
