@@ -26,7 +26,7 @@ OUT=${OUT:-experiments/results}
 WHEELS=${WHEELS:-.gpuwhl}
 EPOCHS=${EPOCHS:-6}
 mkdir -p "$OUT"
-nvidia-smi -L
+nvidia-smi -L; echo "kernel $(uname -r)"  # Firecracker kernels let ncu read counters, gVisor (4.4.0) does not
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH=/tmp/site
