@@ -58,12 +58,18 @@ for stage in "$@"; do
       python3 experiments/bench_scan.py --out "$OUT/scan_next" --append --checks none --variant-bwd --reps 10 \
         --inner 5 --backends mosaic:bwd_segments=6 --shapes 2 --dirs fused 2>&1 | grep "^time " | cut -c1-200 ;;
     scan_ncu)  # hardware counters of the Mosaic kernels: stall reasons, occupancy, pipe use (one call each)
-      ncu --clock-control none --profile-from-start off --csv --page details --section LaunchStats \
-        --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
-        --section MemoryWorkloadAnalysis python3 experiments/profile_scan_kernels.py --shapes "${NCU_SHAPES:-128,197,768}" \
-        --dirs one > "$OUT/scan_ncu.csv" 2> "$OUT/scan_ncu.log"; echo "ncu rc $?"; tail -5 "$OUT/scan_ncu.log"
-      grep -E '"(Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Block Limit Shared Mem|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued Instruction)"' \
-        "$OUT/scan_ncu.csv" | cut -c1-220 ;;
+      # One ncu process per mode, so that a forward's report survives a backward that runs out of
+      # time: ncu writes its report only when the program exits, after replaying every kernel once
+      # per section (both modes in one process took over 200 s at 128,197,768).
+      for mode in fwd fwdbwd; do
+        timeout "${NCU_TIMEOUT_S:-300}" ncu --clock-control none --profile-from-start off --csv --page details \
+          --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
+          --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis python3 experiments/profile_scan_kernels.py \
+          --shapes "${NCU_SHAPES:-128,197,768}" --dirs one --modes $mode > "$OUT/scan_ncu_$mode.csv" 2> "$OUT/scan_ncu_$mode.log"
+        echo "ncu $mode rc $?"; tail -3 "$OUT/scan_ncu_$mode.log"
+        grep -E '"(Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Block Limit Shared Mem|Issued Warp Per Scheduler|No Eligible|Warp Cycles Per Issued Instruction)"' \
+          "$OUT/scan_ncu_$mode.csv" | cut -c1-220
+      done ;;
     models224)
       python3 experiments/bench_models.py --sections 224 --budget-s "${BUDGET_S:-240}" \
         --results-dir "$OUT" 2>&1 | tail -60 ;;
