@@ -76,8 +76,9 @@ def optimised_training_steps():
 
 @pytest.fixture(scope="module")
 def unoptimised_training_steps(optimised_training_steps):
-    """For a module whose child processes must compute bit for bit what this process computes:
-    the steps here compile like everything else (children get `FAST_COMPILE_FLAG` too)."""
+    """For a module whose child processes must compute bit for bit what this process computes
+    (children get `FAST_COMPILE_FLAG` too), or whose runs are a few steps and evaluation batches:
+    the steps here compile like everything else."""
     optimised = compiler_options.CPU_OPTIONS
     compiler_options.CPU_OPTIONS = {k: v for k, v in optimised.items() if k != "xla_backend_optimization_level"}
     compiler_options._accepted.cache_clear()

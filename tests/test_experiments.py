@@ -2,11 +2,14 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import FAST_COMPILE_FLAG
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -16,16 +19,20 @@ import ablation_grids  # noqa: E402
 import bench_models  # noqa: E402
 
 
-def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(script: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=EXPERIMENTS.parent)
+                          timeout=timeout, cwd=EXPERIMENTS.parent, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.mark.slow
 def test_bench_models_smoke_writes_its_results(tmp_path):
-    _run("bench_models.py", "--smoke", "--max-batch", "--max-batch-cap", "4", "--results-dir", str(tmp_path))
+    # Its timings are not checked, and its programs each run a few times: they compile unoptimised
+    # (the ablation's training steps, run for longer, are left at XLA's default).
+    fast_compile = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip())
+    _run("bench_models.py", "--smoke", "--max-batch", "--max-batch-cap", "4", "--results-dir", str(tmp_path),
+         env=fast_compile)
     stem = tmp_path / "bench_models_cpu_smoke"
     for suffix in (".json", ".md", "_highres.png", "_224.png"):
         assert Path(f"{stem}{suffix}").stat().st_size > 0

@@ -10,13 +10,17 @@ import subprocess
 import numpy as np
 import pytest
 
+from tests.conftest import FAST_COMPILE_FLAG
 from tests.train.helpers import cli_command, losses, subprocess_env, train
 
 RUN = ("--config.num_train_steps=5", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
        "--config.checkpoint_every_steps=1000", "--config.eval_batch_size=400", "--config.max_eval_batches=1",
        "--config.model.drop_path_rate=0.2", "--config.ema_decay=0.9")
 PROCESSES = 2
-pytestmark = pytest.mark.slow  # two training processes, twice, and a one-device reference
+# Two training processes, twice, and a one-device reference: five steps each, so all of them
+# compile unoptimised (the children through `FAST_COMPILE_FLAG`), sooner than XLA's optimisations
+# would pay back.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("unoptimised_training_steps")]
 
 
 def free_port() -> int:
@@ -28,7 +32,8 @@ def free_port() -> int:
 def run_two_processes(workdir, cache_dir, *overrides: str) -> None:
     """`vim-jax train` as process 0 and 1 of one run; fails with both logs if either fails."""
     coordinator = f"localhost:{free_port()}"
-    env = subprocess_env(cache_dir, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(cache_dir, JAX_PLATFORMS="cpu",
+                         XLA_FLAGS=f"{FAST_COMPILE_FLAG} --xla_force_host_platform_device_count=2")
     children = [subprocess.Popen(
         cli_command("train", workdir, *RUN, *overrides, "--config.distributed=True",
                     f"--config.coordinator_address={coordinator}", f"--config.num_processes={PROCESSES}",

@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from tests.train.helpers import FULL_STATE, SMOKE, checkpoint_steps, losses, train
@@ -16,8 +17,9 @@ from vim_jax.train import input_pipeline, optim, steps, train_state
 from vim_jax.train.config_file import apply_overrides, load_config
 from vim_jax.train.mesh import make_mesh
 
-# The options and step count of test_resume.py's uninterrupted run, so that the good part of the
-# run below is that run's compiled programs.
+# The options, step count and compiler options of test_resume.py's uninterrupted run, so that the
+# good part of the run below is that run's compiled programs.
+pytestmark = pytest.mark.usefixtures("unoptimised_training_steps")
 STEPS = "--config.num_train_steps=8"
 RUN = ("--config.checkpoint_every_steps=2", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
        "--config.max_eval_batches=1", *FULL_STATE)

@@ -15,6 +15,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
+from tests.conftest import FAST_COMPILE_FLAG
 from tests.train.helpers import REPO, checkpoint_steps, losses, subprocess_env, train
 from vim_jax import cli
 from vim_jax.convert import restore_params
@@ -26,8 +27,11 @@ from vim_jax.train.config_file import apply_overrides, load_config, split_overri
 from vim_jax.train.mesh import make_mesh
 from vim_jax.train.metrics import read_metrics
 
+# Compiling a segmentor's training and sliding-window steps is most of the time: six steps and
+# eight evaluation scenes run sooner than XLA's optimisations would pay back, here and in the
+# mesh test's child.
 pytestmark = [pytest.mark.skipif(not fm.fashion_mnist_dir().is_dir(), reason="apt-get install dataset-fashion-mnist"),
-              pytest.mark.slow]  # compiling a segmentor's training and sliding-window steps: about a minute
+              pytest.mark.slow, pytest.mark.usefixtures("unoptimised_training_steps")]
 
 SCENES_CPU = f"{REPO / 'experiments' / 'configs' / 'fmnist_scenes.py'}:cpu"
 STEPS = 6
@@ -135,7 +139,7 @@ def test_predict_writes_an_overlay_of_the_image_size(reference, tmp_path, capsys
 
 
 def test_a_data_parallel_mesh_trains_like_one_device(tmp_path, compilation_cache):
-    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG} --xla_force_host_platform_device_count=2".strip()
     child = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "segmentation_mesh_runs.py"), str(tmp_path)],
                            env=subprocess_env(compilation_cache, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
                            capture_output=True, text=True, cwd=REPO, timeout=900)
