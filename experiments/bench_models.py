@@ -478,6 +478,7 @@ def main(argv=None) -> int:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = "" if set(args.sections) == {"highres", "224"} else "_" + "_".join(args.sections)
+    parts += "".join(f"_{flag}" for flag in ("unroll_blocks", "fused_conv_scan") if getattr(args, flag))
     stem = out / f"bench_models_{device.lower().replace(' ', '_')}{parts}{'_smoke' if args.smoke else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))

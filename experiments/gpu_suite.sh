@@ -9,11 +9,13 @@
 # latest default changes timed against the settings they replaced: B/C staged in the backward, the
 # segment count of both directions' backward at 6085 tokens; and chunks of 8 tokens, half the
 # channel-sum barriers per token), scan_ncu (profile_scan_kernels.py under Nsight Compute: the Mosaic kernels'
-# stall reasons, occupancy and pipe use at NCU_SHAPES, default 128,197,768), models224 / highres (bench_models.py sections), profile (profile_model.py:
-# Vim-S and Vim-Ti kernel time by kind, training with and without remat), scaling
+# stall reasons, occupancy and pipe use at NCU_SHAPES, default 128,197,768), models224 / highres (bench_models.py sections; models224_unrolled with the blocks
+# unrolled), profile (profile_model.py: kernel time by kind of PROFILE_MODELS, default vim_small,
+# inference and training, scanned and unrolled blocks, the optimised HLO beside it), scaling
 # (bench_scaling.py: DP vs FSDP on every GPU of the machine), vim_vs_deit (ablate.py,
 # Vim-Ti vs DeiT-Ti on Fashion-MNIST, EPOCHS epochs x 3 seeds), segment (segment_vim_vs_deit.py:
-# UperNet-Vim-Ti vs UperNet-DeiT-Ti on the Fashion-MNIST scenes at SIZES, STEPS steps x 2 seeds),
+# UperNet-Vim-Ti vs UperNet-DeiT-Ti on the Fashion-MNIST scenes at SIZES, STEPS steps x 2 seeds, in SEG_WORKDIR,
+# whose finished runs a later call reads back instead of training them again),
 # fmnist (the full recipe).
 # Results go to $OUT (default experiments/results). Python packages missing on the GPU machine
 # (it has no network) are installed from wheels in $WHEELS (default .gpuwhl, made on a networked
@@ -73,11 +75,16 @@ for stage in "$@"; do
     models224)
       python3 experiments/bench_models.py --sections 224 --budget-s "${BUDGET_S:-240}" \
         --results-dir "$OUT" 2>&1 | tail -60 ;;
+    models224_unrolled)  # both families with their blocks unrolled (no scan over layers)
+      python3 experiments/bench_models.py --sections 224 --budget-s "${BUDGET_S:-240}" --unroll-blocks \
+        --results-dir "$OUT" 2>&1 | tail -60 ;;
     highres)
       python3 experiments/bench_models.py --sections highres --budget-s "${BUDGET_S:-200}" \
         --results-dir "$OUT" 2>&1 | tail -60 ;;
     profile)
-      python3 experiments/profile_model.py --models vim_small vim_tiny --remat --out "$OUT" 2>&1 | tail -150 ;;
+      timeout "${PROFILE_TIMEOUT_S:-900}" python3 experiments/profile_model.py --models ${PROFILE_MODELS:-vim_small} \
+        --unroll-blocks --dump-hlo \
+        --out "$OUT" 2>&1 | tail -150 ;;
     vim_vs_deit)
       python3 experiments/ablate.py --grid vim_vs_deit --epochs "$EPOCHS" --seeds 3 \
         --workdir "$OUT/ablate_runs" --results-dir "$OUT" 2>&1 | grep -v "^\s*$" | tail -40 ;;
@@ -85,7 +92,8 @@ for stage in "$@"; do
       python3 experiments/bench_scaling.py --model small --per-device-batch 128 --out "$OUT" 2>&1 | tail -30 ;;
     segment)
       python3 experiments/segment_vim_vs_deit.py --sizes "${SIZES:-512}" --seeds 2 --steps "${STEPS:-500}" \
-        --run-timeout-s "${RUN_TIMEOUT_S:-600}" --results-dir "$OUT" --workdir /tmp/segment_runs 2>&1 | tail -40 ;;
+        --eval-scenes "${EVAL_SCENES:-100}" --run-timeout-s "${RUN_TIMEOUT_S:-600}" --results-dir "$OUT" \
+        --workdir "${SEG_WORKDIR:-runs/segment_vim_vs_deit}" 2>&1 | tail -40 ;;
     fmnist)
       python3 -m vim_jax.cli train --config experiments/configs/fashion_mnist.py --workdir /tmp/fm \
         --config.progress_bar=False 2>&1 | tee "$OUT/fashion_mnist_train.log" | tail -20 ;;

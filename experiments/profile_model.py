@@ -18,6 +18,7 @@ Writes profile_<device>.{json,md} under --out (default experiments/results).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gzip
 import json
@@ -125,14 +126,18 @@ def profile_job(job: bench_models.Job, calls: int, top: int) -> dict:
     for name, durs in by_name.items():
         kinds[kind_of(name)] += sum(durs) / calls
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
+    first_args = {}  # one event's args per kernel: what the trace says of it, beside the HLO's name
+    for e in events:
+        first_args.setdefault(e["name"], e.get("args", {}))
     kernels = [{"name": name, "kind": kind_of(name), "ms_per_call": sum(durs) / calls,
-                "launches_per_call": len(durs) / calls, "source": sources.get(hlo_op[name].replace(".", "_"), "")}
+                "launches_per_call": len(durs) / calls, "source": sources.get(hlo_op[name].replace(".", "_"), ""),
+                "trace_args": first_args[name]}
                for name, durs in ranked[:top]]
     return {"job": {"model": job.model, "img_size": job.img_size, "batch": job.batch, "train": job.train,
                     "overrides": dict(job.overrides)},
             **info, "wall_ms_per_call": wall * 1e3, "device_ms_per_call": total,
             "images_per_s": job.batch / wall, "xla_bytes": bench_models._xla_bytes(compiled), "kinds_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
-            "launches_per_call": len(events) / calls, "top_kernels": kernels}
+            "launches_per_call": len(events) / calls, "top_kernels": kernels}, compiled.as_text()
 
 
 def markdown(result: dict) -> str:
@@ -168,6 +173,10 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--unroll-blocks", action="store_true",
+                   help="also profile every job with the blocks unrolled instead of a scan over layers")
+    p.add_argument("--dump-hlo", action="store_true",
+                   help="write each job's optimised HLO beside the results (<stem>_<job>.hlo.txt.gz)")
     p.add_argument("--smoke", action="store_true", help="a tiny Vim on CPU")
     args = p.parse_args(argv)
     import jax
@@ -181,22 +190,30 @@ def main(argv=None) -> int:
         if args.remat:
             jobs.append(bench_models.Job("224", model, model, size, train_batch, train=True,
                                          overrides=tiny + (("remat", True),)))
-    results = []
-    for job in jobs:
-        results.append(profile_job(job, args.calls, args.top))
-        r = results[-1]
-        print(f"{job.model} train={job.train} {dict(job.overrides)}: wall {r['wall_ms_per_call']:.2f} ms, "
-              f"kernels {r['device_ms_per_call']:.2f} ms, {r['kinds_ms']}", flush=True)
+    if args.unroll_blocks:
+        jobs = [variant for job in jobs for variant in
+                (job, dataclasses.replace(job, overrides=job.overrides + (("unroll_blocks", True),)))]
     device = jax.devices()[0].device_kind
-    result = {"command": "python experiments/profile_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "device": device, "versions": bench_models._versions(), "jobs": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"profile_{device.lower().replace(' ', '_')}{'_smoke' if args.smoke else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    results = []
+    for job in jobs:
+        result, hlo = profile_job(job, args.calls, args.top)
+        results.append(result)
+        if args.dump_hlo:
+            tags = [job.model, "train" if job.train else "infer"] + [k for k, v in job.overrides if v is True]
+            with gzip.open(f"{stem}_{'_'.join(tags)}.hlo.txt.gz", "wt") as f:
+                f.write(hlo)
+        print(f"{job.model} train={job.train} {dict(job.overrides)}: wall {result['wall_ms_per_call']:.2f} ms, "
+              f"kernels {result['device_ms_per_call']:.2f} ms, {result['kinds_ms']}", flush=True)
+        # Rewritten after every job, so that a run cut short keeps what it measured.
+        summary = {"command": "python experiments/profile_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "device": device, "versions": bench_models._versions(), "jobs": results}
+        stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        stem.with_suffix(".md").write_text(markdown(summary))
+    print(markdown(summary))
     return 0
 
 
